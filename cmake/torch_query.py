@@ -1,0 +1,21 @@
+"""Print the facts about the build interpreter's torch that CMakeLists.txt needs, one KEY=VALUE a line."""
+import os
+
+import torch
+
+root = os.path.dirname(torch.__file__)
+print(f"TORCH_ROOT={root}")
+print(f"TORCH_VERSION={torch.__version__}")
+print(f"TORCH_CUDA={torch.version.cuda or ''}")
+print(f"TORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
+# CUDA library headers that torch's CUDA headers include (cusparse.h, cublas_v2.h, ...) ship with
+# the nvidia-* pip packages, not always with the system toolkit.
+site = os.path.dirname(root)
+includes = []
+nvidia = os.path.join(site, "nvidia")
+if os.path.isdir(nvidia):
+    for name in sorted(os.listdir(nvidia)):
+        inc = os.path.join(nvidia, name, "include")
+        if os.path.isdir(inc):
+            includes.append(inc)
+print("TORCH_NVIDIA_INCLUDES=" + "|".join(includes))

@@ -1,0 +1,132 @@
+// detail_align_loss on CPU: ||Proj(detail) - base||^2 without materialising Proj(detail).
+// The reduction is deterministic: fixed-size chunks of each plane produce partial sums in
+// parallel, and the partials are added in index order, whatever the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "davae_ext/checks.h"
+#include "davae_ext/index_math.h"
+
+namespace davae {
+namespace {
+
+constexpr int64_t kChunk = 512;
+
+// Calls fn(b, c, x0, n, res) for each chunk of each (batch, base channel) plane, where res[i]
+// holds Proj(detail) - base at plane position x0 + i. Parallel over chunks.
+template <typename T, typename Fn>
+void for_each_residual_chunk(const T* detail, const T* base, const LatentShape& s, Fn fn) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t r = group_size(s.C, s.D);
+  const int64_t HW = s.HW();
+  const int64_t chunks_per_plane = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, s.B * s.C * chunks_per_plane, 1, [&](int64_t begin, int64_t end) {
+    acc_t res[kChunk];
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t q = u / chunks_per_plane;
+      const int64_t x0 = (u - q * chunks_per_plane) * kChunk;
+      const int64_t n = std::min(kChunk, HW - x0);
+      const int64_t b = q / s.C;
+      const int64_t c = q - b * s.C;
+      for (int64_t i = 0; i < n; ++i) res[i] = acc_t(0);
+      for (int64_t j = 0; j < r; ++j) {
+        const T* src = detail + (b * s.D + detail_channel(c, j, r)) * HW + x0;
+        for (int64_t i = 0; i < n; ++i) res[i] += static_cast<acc_t>(src[i]);
+      }
+      const T* tgt = base + q * HW + x0;
+      for (int64_t i = 0; i < n; ++i) res[i] = res[i] / acc_t(r) - static_cast<acc_t>(tgt[i]);
+      fn(u, q, x0, n, res);
+    }
+  });
+}
+
+at::Tensor detail_align_loss_cpu(const at::Tensor& detail, const at::Tensor& base,
+                                 int64_t reduction) {
+  const LatentShape s = check_align("detail_align_loss", detail, base, reduction);
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor z = base.contiguous();
+  const int64_t HW = s.HW();
+  at::Tensor out = reduction == kNone ? at::empty({s.B, s.C, s.H, s.W}, base.options())
+                                      : at::empty({}, base.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
+                                  "detail_align_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (reduction == kNone) {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      for_each_residual_chunk(d.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), s,
+                              [&](int64_t, int64_t q, int64_t x0, int64_t n, const acc_t* res) {
+        for (int64_t i = 0; i < n; ++i) o[q * HW + x0 + i] = static_cast<scalar_t>(res[i] * res[i]);
+      });
+      return;
+    }
+    const int64_t units = s.B * s.C * ((HW + kChunk - 1) / kChunk);
+    std::vector<double> partial(static_cast<size_t>(units), 0.0);
+    for_each_residual_chunk(d.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), s,
+                            [&](int64_t u, int64_t, int64_t, int64_t n, const acc_t* res) {
+      acc_t acc = 0;
+      for (int64_t i = 0; i < n; ++i) acc += res[i] * res[i];
+      partial[u] = static_cast<double>(acc);
+    });
+    double total = 0.0;
+    for (double v : partial) total += v;  // fixed order: deterministic
+    if (reduction == kMean) total /= static_cast<double>(s.B * s.C * HW);
+    out.fill_(total);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> detail_align_loss_backward_cpu(const at::Tensor& grad,
+                                                                  const at::Tensor& detail,
+                                                                  const at::Tensor& base,
+                                                                  int64_t reduction) {
+  const LatentShape s = check_align("detail_align_loss_backward", detail, base, reduction);
+  check_align_grad(grad, s, reduction, base);
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor z = base.contiguous();
+  const at::Tensor g = grad.contiguous();
+  const int64_t HW = s.HW();
+  const int64_t r = group_size(s.C, s.D);
+  at::Tensor d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
+  at::Tensor d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
+                                  "detail_align_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const acc_t scale = reduction == kMean
+                            ? acc_t(2) / static_cast<acc_t>(std::max<int64_t>(s.B * s.C * HW, 1))
+                            : acc_t(2);
+    const acc_t g0 = reduction == kNone ? acc_t(0) : static_cast<acc_t>(gp[0]);
+    scalar_t* db = d_base.data_ptr<scalar_t>();
+    scalar_t* dd = d_detail.data_ptr<scalar_t>();
+    for_each_residual_chunk(d.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), s,
+                            [&](int64_t, int64_t q, int64_t x0, int64_t n, acc_t* res) {
+      const int64_t b = q / s.C;
+      const int64_t c = q - b * s.C;
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t gi = reduction == kNone ? static_cast<acc_t>(gp[q * HW + x0 + i]) : g0;
+        res[i] *= scale * gi;  // d loss / d Proj(detail)
+        db[q * HW + x0 + i] = static_cast<scalar_t>(-res[i]);
+      }
+      for (int64_t j = 0; j < r; ++j) {
+        scalar_t* dst = dd + (b * s.D + detail_channel(c, j, r)) * HW + x0;
+        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(res[i] / acc_t(r));
+      }
+    });
+  });
+  return {d_detail, d_base};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(davae_ext, CPU, m) {
+  m.impl("detail_align_loss", &detail_align_loss_cpu);
+  m.impl("detail_align_loss_backward", &detail_align_loss_backward_cpu);
+}
+
+}  // namespace davae

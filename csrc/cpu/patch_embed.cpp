@@ -1,0 +1,189 @@
+// detail_patch_embed on CPU.
+//
+// Forward: one parallel pass over token rows packs each token's patch row [K = (C+D) p^2]
+// straight from base and detail (the concatenated latent never exists) and writes the epilogue
+// (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
+// (addmm_, beta = 1).
+// Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail (patches do not
+// overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed rows);
+// d_pos_embed = sum over the batch of dOut, and d_bias = sum over tokens of d_pos_embed.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "davae_ext/checks.h"
+#include "davae_ext/index_math.h"
+
+namespace davae {
+namespace {
+
+// Moves patch rows between the latent pair (base, detail) and the packed matrix A [M, K].
+// kUnpack = false: A <- latent (im2col without a concat); true: latent <- A (exact inverse).
+// Parallel over token rows (b, ty); each source row segment of p elements is one memcpy.
+// `row_epilogue(m0, count)` runs after a token row's patches are done (the output epilogue).
+template <bool kUnpack, typename T, typename Epilogue>
+void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_first,
+                  Epilogue row_epilogue) {
+  const int64_t p = s.p, Hp = s.Hp(), Wp = s.Wp(), K = s.K(), CD = s.C + s.D;
+  at::parallel_for(0, s.B * Hp, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / Hp;
+      const int64_t ty = row - b * Hp;
+      const int64_t m0 = row * Wp;  // first token of this row: b * T + ty * Wp
+      for (int64_t ch = 0; ch < CD; ++ch) {
+        const ChannelSource src = channel_source<int64_t>(ch, s.C, s.D, detail_first);
+        T* plane = src.is_base ? base + (b * s.C + src.channel) * s.H * s.W
+                               : detail + (b * s.D + src.channel) * s.H * s.W;
+        for (int64_t py = 0; py < p; ++py) {
+          T* line = plane + (ty * p + py) * s.W;
+          T* col = A + m0 * K + ch * p * p + py * p;
+          for (int64_t tx = 0; tx < Wp; ++tx) {
+            if constexpr (kUnpack) {
+              std::memcpy(line + tx * p, col + tx * K, p * sizeof(T));
+            } else {
+              std::memcpy(col + tx * K, line + tx * p, p * sizeof(T));
+            }
+          }
+        }
+      }
+      row_epilogue(m0, Wp);
+    }
+  });
+}
+
+at::Tensor patch_embed_cpu(const at::Tensor& base, const at::Tensor& detail,
+                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
+                           bool detail_first) {
+  const PatchShape s =
+      check_patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const bool has_pos = pos_embed.has_value() && pos_embed->defined();
+  const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
+  const at::Tensor b = base.contiguous();
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor w = weight.reshape({N, K});
+  at::Tensor A = at::empty({M, K}, base.options());
+  at::Tensor out = at::empty({s.B, T, N}, base.options());
+  at::Tensor out2 = out.view({M, N});
+  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor pos_c = has_pos ? pos_embed->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
+                                  "detail_patch_embed_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
+    auto epilogue = [&](int64_t m0, int64_t count) {
+      if (!has_bias && !has_pos) return;
+      for (int64_t m = m0; m < m0 + count; ++m) {
+        const scalar_t* prow = has_pos ? pp + (m % T) * N : nullptr;
+        scalar_t* orow = o + m * N;
+        for (int64_t n = 0; n < N; ++n) {
+          acc_t v = has_bias ? static_cast<acc_t>(bp[n]) : acc_t(0);
+          if (has_pos) v += static_cast<acc_t>(prow[n]);
+          orow[n] = static_cast<scalar_t>(v);
+        }
+      }
+    };
+    move_patches<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
+                        const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first,
+                        epilogue);
+  });
+  if (has_bias || has_pos) {
+    out2.addmm_(A, w.t());
+  } else {
+    at::mm_out(out2, A, w.t());
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
+    const at::Tensor& weight, int64_t patch_size, bool detail_first,
+    std::array<bool, 4> output_mask) {
+  const PatchShape s = check_patch_embed("detail_patch_embed_backward", base, detail, weight,
+                                         std::nullopt, std::nullopt, patch_size);
+  check_patch_grad(grad, s, base);
+  const auto [need_input, need_weight, need_bias, need_pos] = output_mask;
+  const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
+  const at::Tensor g = grad.contiguous().view({M, N});
+  const at::Tensor w = weight.reshape({N, K});
+  auto none = [&] { return at::empty({0}, grad.options()); };
+  at::Tensor d_base = none(), d_detail = none(), d_weight = none(), d_bias = none(),
+             d_pos = none();
+  auto noop = [](int64_t, int64_t) {};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
+                                  "detail_patch_embed_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (need_input) {
+      at::Tensor dA = at::mm(g, w);
+      d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
+      d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
+      move_patches<true>(dA.data_ptr<scalar_t>(), d_base.data_ptr<scalar_t>(),
+                         d_detail.data_ptr<scalar_t>(), s, detail_first, noop);
+    }
+    if (need_weight) {
+      const at::Tensor b = base.contiguous();
+      const at::Tensor d = detail.contiguous();
+      at::Tensor A = at::empty({M, K}, base.options());
+      move_patches<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
+                          const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first,
+                          noop);
+      d_weight = at::mm(g.t(), A).view({N, s.C + s.D, s.p, s.p});
+    }
+    if (need_bias || need_pos) {
+      // d_pos[t] = sum_b dOut[b, t] (accumulated in opmath), then d_bias = sum_t d_pos[t].
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      std::vector<acc_t> pos_acc(static_cast<size_t>(T * N));
+      at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          acc_t* row = pos_acc.data() + t * N;
+          for (int64_t n = 0; n < N; ++n) row[n] = acc_t(0);
+          for (int64_t bb = 0; bb < s.B; ++bb) {
+            const scalar_t* src = gp + (bb * T + t) * N;
+            for (int64_t n = 0; n < N; ++n) row[n] += static_cast<acc_t>(src[n]);
+          }
+        }
+      });
+      if (need_pos) {
+        d_pos = at::empty({1, T, N}, grad.options());
+        scalar_t* dp = d_pos.data_ptr<scalar_t>();
+        at::parallel_for(0, T * N, 4096, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) dp[i] = static_cast<scalar_t>(pos_acc[i]);
+        });
+      }
+      if (need_bias) {
+        d_bias = at::empty({N}, grad.options());
+        scalar_t* db = d_bias.data_ptr<scalar_t>();
+        at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+          std::vector<acc_t> acc(static_cast<size_t>(n1 - n0), acc_t(0));
+          for (int64_t t = 0; t < T; ++t) {
+            const acc_t* row = pos_acc.data() + t * N;
+            for (int64_t n = n0; n < n1; ++n) acc[n - n0] += row[n];
+          }
+          for (int64_t n = n0; n < n1; ++n) db[n] = static_cast<scalar_t>(acc[n - n0]);
+        });
+      }
+    }
+  });
+  return {d_base, d_detail, d_weight, d_bias, d_pos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(davae_ext, CPU, m) {
+  m.impl("detail_patch_embed", &patch_embed_cpu);
+  m.impl("detail_patch_embed_backward", &patch_embed_backward_cpu);
+}
+
+}  // namespace davae
