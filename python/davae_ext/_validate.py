@@ -38,6 +38,11 @@ class PatchShape(NamedTuple):
         return (self.H // self.p) * (self.W // self.p)
 
 
+def _is_int(x) -> bool:
+    """A Python int or a symbolic int (under torch.compile / export), not a bool."""
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
+
+
 def _shape_str(shape: Sequence[int]) -> str:
     return "[" + ", ".join("*" if s is None or s < 0 else str(int(s)) for s in shape) + "]"
 
@@ -103,7 +108,7 @@ def base_detail(op: str, base, detail) -> LatentShape:
 
 def groups(op: str, C: int, D: int) -> int:
     """r = D / C, the size of a projection group."""
-    if not isinstance(C, int) or isinstance(C, bool) or C <= 0:
+    if not _is_int(C) or C <= 0:
         raise ValueError(f"{op}: 'base_channels' must be a positive int, got {C!r}")
     if D % C != 0:
         raise ValueError(
@@ -130,7 +135,7 @@ def patch_embed(op: str, base, detail, weight, bias: Optional[torch.Tensor],
                 pos_embed: Optional[torch.Tensor], patch_size: int) -> PatchShape:
     s = base_detail(op, base, detail)
     p = patch_size
-    if not isinstance(p, int) or isinstance(p, bool) or p <= 0:
+    if not _is_int(p) or p <= 0:
         raise ValueError(f"{op}: 'patch_size' must be a positive int, got {p!r}")
     if s.H % p or s.W % p:
         raise ValueError(

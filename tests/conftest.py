@@ -1,0 +1,124 @@
+"""Shared test helpers: devices, dtypes, input makers and the comparison rule.
+
+Comparison rule (FlashAttention's): every result is compared with the float64 reference on the
+same inputs. float64/float32 results must match it to a tight tolerance; for 16-bit dtypes the
+kernel's max error must be at most 2x the max error of the same-dtype reference (plus one unit of
+rounding noise), which adapts to the problem size instead of relying on magic numbers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import davae_ext
+
+CUDA = torch.cuda.is_available() and davae_ext.build_info()["cuda_kernels"]
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+CPU_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+CUDA_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEVICE_DTYPES = [("cpu", dt) for dt in CPU_DTYPES] + [("cuda", dt) for dt in (CUDA_DTYPES if CUDA else [])]
+ORDERS = ["base_first", "detail_first"]
+
+TIGHT = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5)}
+
+
+def device_dtype_id(param):
+    device, dtype = param
+    return f"{device}-{str(dtype).replace('torch.', '')}"
+
+
+def make(shape, dtype, device, layout="contiguous", seed=None, requires_grad=False):
+    """Random tensor of `shape`; layout "strided" slices every other channel of a wider tensor,
+    "channels_last" permutes the memory order (4-D only)."""
+    g = torch.Generator().manual_seed(seed if seed is not None else hash(tuple(shape)) % 2**31)
+    if layout == "strided" and len(shape) == 4:
+        wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], generator=g, dtype=torch.float64)
+        t = wide.to(device=device, dtype=dtype)[:, 1::2]
+    else:
+        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        if layout == "channels_last" and len(shape) == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+    if layout != "contiguous" and t.numel() > 1 and len(shape) == 4:
+        assert not t.is_contiguous() or layout == "channels_last"
+    return t.requires_grad_(requires_grad)
+
+
+def to64(t):
+    return None if t is None else t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def assert_close_to_reference(out, ref_same_dtype, ref64, dtype, what="output"):
+    """Check `out` (a kernel's result) against the float64 reference (see module docstring)."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    assert out.dtype == dtype, f"{what}: dtype {out.dtype} != {dtype}"
+    o = to64(out)
+    if ref64.numel() == 0:
+        return
+    rs = to64(ref_same_dtype)
+    if not torch.isfinite(rs).all():  # e.g. a float16 sum past 65504: must overflow alike
+        assert torch.equal(torch.isfinite(o), torch.isfinite(rs)), f"{what}: non-finite pattern differs"
+        return
+    assert torch.isfinite(o).all(), f"{what}: non-finite values"
+    if dtype in TIGHT:
+        rtol, atol = TIGHT[dtype]
+        scale = max(1.0, ref64.abs().max().item())
+        torch.testing.assert_close(o, ref64, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+        return
+    err = (o - ref64).abs().max().item()
+    ref_err = (rs - ref64).abs().max().item()
+    noise = torch.finfo(dtype).eps * ref64.abs().max().item()
+    assert err <= 2 * ref_err + noise, (
+        f"{what}: {dtype} kernel error {err:.3e} exceeds 2x the same-dtype reference error "
+        f"{ref_err:.3e} + noise {noise:.3e}"
+    )
+
+
+def run_both(fn_fused, fn_ref, inputs, grad_seed=0):
+    """Run the fused op, the same-dtype reference and the float64 reference on `inputs` (a list of
+    tensors or other args). Returns dict with outputs and, for tensors requiring grad, grads
+    under one shared random output gradient."""
+    results = {}
+    for name, fn, cast in (
+        ("fused", fn_fused, lambda t: t.detach().clone().requires_grad_(t.requires_grad)),
+        ("ref", fn_ref, lambda t: t.detach().clone().requires_grad_(t.requires_grad)),
+        ("ref64", fn_ref, lambda t: to64(t).requires_grad_(t.requires_grad)),
+    ):
+        args = [cast(a) if isinstance(a, torch.Tensor) else a for a in inputs]
+        if name == "fused":
+            with davae_ext.use_backend("fused"):
+                out = fn(*args)
+        else:
+            with davae_ext.use_backend("reference"):
+                out = fn(*args)
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        grads = []
+        if leaves:
+            g = torch.Generator().manual_seed(grad_seed)
+            go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+            grads = torch.autograd.grad(out, leaves, go, allow_unused=False)
+        results[name] = (out, grads)
+    return results
+
+
+def check_against_reference(fn_fused, fn_ref, inputs, dtype):
+    r = run_both(fn_fused, fn_ref, inputs)
+    (out, grads), (ref, ref_grads), (ref64, ref64_grads) = r["fused"], r["ref"], r["ref64"]
+    assert_close_to_reference(out, ref, ref64, dtype, "output")
+    for i, (g, gr, g64) in enumerate(zip(grads, ref_grads, ref64_grads)):
+        assert_close_to_reference(g, gr, g64, dtype, f"grad #{i}")
+
+
+@pytest.fixture(autouse=True)
+def _fused_backend():
+    with davae_ext.use_backend("fused"):
+        yield
+
+
+def require_ext():
+    if not davae_ext.build_info()["extension_loaded"]:
+        if os.environ.get("DAVAE_REQUIRE_EXT") == "1":
+            pytest.fail("DAVAE_REQUIRE_EXT=1 but the compiled extension is not loaded")
+        pytest.skip("compiled extension not loaded")

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from davae_ext import ops, reference
+from conftest import DEVICE_DTYPES, check_against_reference, device_dtype_id, make, require_ext
+
+SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_matches_reference(device_dtype, shape, reduction, layout):
+    require_ext()
+    device, dtype = device_dtype
+    B, C, D, H, W = shape
+    if B == 0 and reduction == "mean":
+        pytest.skip("mean over zero elements is NaN in both implementations (checked below)")
+    detail = make((B, D, H, W), dtype, device, layout, seed=4, requires_grad=True)
+    base = make((B, C, H, W), dtype, device, layout, seed=5, requires_grad=True)
+    check_against_reference(ops.detail_align_loss, reference.detail_align_loss, [detail, base, reduction], dtype)
+
+
+def test_empty_mean_is_nan_like_mse_loss():
+    require_ext()
+    detail, base = torch.randn(0, 8, 3, 3), torch.randn(0, 4, 3, 3)
+    assert torch.isnan(ops.detail_align_loss(detail, base)) and torch.isnan(reference.detail_align_loss(detail, base))
+
+
+def test_stop_gradient_target():
+    require_ext()
+    detail = torch.randn(2, 8, 5, 5, requires_grad=True)
+    base = torch.randn(2, 4, 5, 5, requires_grad=True)
+    ops.detail_align_loss(detail, base.detach()).backward()
+    assert detail.grad is not None and base.grad is None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_deterministic(reduction):
+    """Same bits on every run (fixed-order reduction), on a tensor large enough to be split."""
+    require_ext()
+    detail, base = torch.randn(4, 96, 64, 64), torch.randn(4, 32, 64, 64)
+    first = ops.detail_align_loss(detail, base, reduction)
+    for _ in range(3):
+        assert torch.equal(ops.detail_align_loss(detail, base, reduction), first)
+
+
+def test_gradcheck():
+    require_ext()
+    detail = torch.randn(2, 12, 3, 5, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(lambda d, b: ops.detail_align_loss(d, b, reduction), (detail, base))
+
+
+def test_opcheck():
+    require_ext()
+    for code in (0, 1, 2):
+        for requires_grad in (False, True):
+            detail = torch.randn(2, 12, 3, 5, requires_grad=requires_grad)
+            base = torch.randn(2, 4, 3, 5, requires_grad=requires_grad)
+            torch.library.opcheck(torch.ops.davae_ext.detail_align_loss.default, (detail, base, code))
+    grad = torch.randn(())
+    torch.library.opcheck(
+        torch.ops.davae_ext.detail_align_loss_backward.default,
+        (grad, torch.randn(2, 12, 3, 5), torch.randn(2, 4, 3, 5), 1),
+    )

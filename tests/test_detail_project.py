@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from davae_ext import ops, reference
+from conftest import DEVICE_DTYPES, check_against_reference, device_dtype_id, make, require_ext
+
+SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
+
+
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last"])
+def test_matches_reference(device_dtype, shape, layout):
+    require_ext()
+    device, dtype = device_dtype
+    B, C, D, H, W = shape
+    detail = make((B, D, H, W), dtype, device, layout, seed=3, requires_grad=True)
+    check_against_reference(ops.detail_project, reference.detail_project, [detail, C], dtype)
+
+
+def test_contiguous_groups():
+    """Channel c of Proj is the mean of detail channels [c*r, (c+1)*r), not an interleaved group."""
+    require_ext()
+    detail = torch.arange(6, dtype=torch.float32).view(1, 6, 1, 1).expand(1, 6, 2, 2).contiguous()
+    out = ops.detail_project(detail, 2)
+    assert out[0, :, 0, 0].tolist() == [1.0, 4.0]  # mean(0,1,2), mean(3,4,5)
+
+
+def test_gradcheck():
+    require_ext()
+    detail = torch.randn(2, 12, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: ops.detail_project(d, 4), (detail,))
+
+
+def test_opcheck():
+    require_ext()
+    for requires_grad in (False, True):
+        detail = torch.randn(2, 12, 3, 5, requires_grad=requires_grad)
+        torch.library.opcheck(torch.ops.davae_ext.detail_project.default, (detail, 4))
+    torch.library.opcheck(torch.ops.davae_ext.detail_project_backward.default, (torch.randn(2, 4, 3, 5), 12))

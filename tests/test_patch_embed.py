@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from davae_ext import ops, reference
+from conftest import DEVICE_DTYPES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
+
+SHAPES = [  # (B, C, D, H, W, p, hidden)
+    (1, 16, 16, 6, 6, 2, 64),
+    (3, 4, 12, 2, 2, 1, 32),
+    (0, 16, 16, 6, 6, 2, 64),
+    (3, 32, 96, 6, 34, 1, 48),
+    (1, 16, 16, 34, 66, 2, 40),
+    (2, 4, 12, 8, 36, 4, 24),
+    (1, 16, 16, 66, 66, 2, 96),
+]
+EPILOGUES = ["bias+pos", "none", "bias", "pos"]
+
+
+def _inputs(shape, dtype, device, layout, epilogue, requires_grad=True):
+    B, C, D, H, W, p, N = shape
+    T = (H // p) * (W // p)
+    base = make((B, C, H, W), dtype, device, layout, seed=6, requires_grad=requires_grad)
+    detail = make((B, D, H, W), dtype, device, layout, seed=7, requires_grad=requires_grad)
+    weight = (make((N, C + D, p, p), dtype, device, seed=8) * (C + D) ** -0.5).requires_grad_(requires_grad)
+    bias = make((N,), dtype, device, seed=9, requires_grad=requires_grad) if "bias" in epilogue else None
+    pos = make((1, T, N), dtype, device, seed=10, requires_grad=requires_grad) if "pos" in epilogue else None
+    return base, detail, weight, bias, pos, p
+
+
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("order", ORDERS)
+def test_matches_reference(device_dtype, shape, epilogue, order):
+    require_ext()
+    device, dtype = device_dtype
+    layout = "strided" if shape[0] == 3 else "contiguous"
+    args = [*_inputs(shape, dtype, device, layout, epilogue), order]
+    check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
+
+
+def test_equals_conv_of_concatenation():
+    """The defining identity, against torch's own ops (not our reference)."""
+    require_ext()
+    base, detail, weight, bias, pos, p = _inputs((2, 16, 16, 8, 6, 2, 32), torch.float64, "cpu", "contiguous", "bias+pos", False)
+    expected = F.conv2d(torch.cat([base, detail], 1), weight, bias, stride=p).flatten(2).transpose(1, 2) + pos
+    torch.testing.assert_close(ops.detail_patch_embed(base, detail, weight, bias, pos, p), expected)
+
+
+def test_zero_detail_weights_reproduce_pretrained():
+    """With the detail slice of the weight at zero, the output is the pretrained patch embed of
+    the base latent alone, whatever the detail latent holds (the warm start of Sec. 4.1)."""
+    require_ext()
+    base, detail = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8) * 100
+    w_base, b = torch.randn(48, 16, 2, 2), torch.randn(48)
+    weight = torch.cat([w_base, torch.zeros(48, 16, 2, 2)], 1)
+    pretrained = F.conv2d(base, w_base, b, stride=2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ops.detail_patch_embed(base, detail, weight, b, None, 2), pretrained)
+
+
+def test_backward_skips_unneeded_gradients():
+    """Frozen latents (the usual fine-tuning case): no input gradients are computed."""
+    require_ext()
+    base, detail, weight, bias, pos, p = _inputs((2, 16, 16, 8, 8, 2, 32), torch.float32, "cpu", "contiguous", "bias+pos", False)
+    g = torch.randn(2, 16, 32)
+    outs = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [False, True, False, True])
+    assert [tuple(o.shape) for o in outs] == [(0,), (0,), tuple(weight.shape), (0,), (1, 16, 32)]
+
+
+def test_deterministic_weight_gradient():
+    require_ext()
+    base, detail, weight, bias, pos, p = _inputs((4, 16, 16, 32, 32, 2, 64), torch.float32, "cpu", "contiguous", "bias+pos", False)
+    g = torch.randn(4, 256, 64)
+    first = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
+    again = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("epilogue", ["bias+pos", "none"])
+def test_gradcheck(order, epilogue):
+    require_ext()
+    args = _inputs((2, 4, 8, 4, 6, 2, 5), torch.float64, "cpu", "contiguous", epilogue)
+    inputs = tuple(a for a in args[:5] if a is not None)
+
+    def fn(*tensors):
+        it = iter(tensors)
+        base, detail, weight = next(it), next(it), next(it)
+        bias = next(it) if args[3] is not None else None
+        pos = next(it) if args[4] is not None else None
+        return ops.detail_patch_embed(base, detail, weight, bias, pos, 2, order)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_opcheck():
+    require_ext()
+    for epilogue in ("bias+pos", "none"):
+        for requires_grad in (False, True):
+            base, detail, weight, bias, pos, p = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, "cpu", "contiguous", epilogue, requires_grad)
+            torch.library.opcheck(torch.ops.davae_ext.detail_patch_embed.default, (base, detail, weight, bias, pos, p, True))
+    base, detail, weight, *_ = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, "cpu", "contiguous", "none", False)
+    torch.library.opcheck(
+        torch.ops.davae_ext.detail_patch_embed_backward.default,
+        (torch.randn(2, 6, 8), base, detail, weight, 2, False, [True, True, True, True]),
+    )
