@@ -24,10 +24,28 @@
 namespace davae {
 namespace {
 
+// Copies one source line segment of `Wp` patches (p elements each) to / from the packed rows
+// (stride K). P is the patch size when known at compile time (1, 2, 4), else 0.
+template <bool kUnpack, int P, typename T>
+inline void move_line(T* line, T* col, int64_t Wp, int64_t K, int64_t p) {
+  const int64_t pp = P > 0 ? P : p;
+  for (int64_t tx = 0; tx < Wp; ++tx) {
+    T* seg = line + tx * pp;
+    T* dst = col + tx * K;
+    for (int64_t px = 0; px < pp; ++px) {
+      if constexpr (kUnpack) {
+        seg[px] = dst[px];
+      } else {
+        dst[px] = seg[px];
+      }
+    }
+  }
+}
+
 // Moves patch rows between the latent pair (base, detail) and the packed matrix A [M, K].
 // kUnpack = false: A <- latent (im2col without a concat); true: latent <- A (exact inverse).
-// Parallel over token rows (b, ty); each source row segment of p elements is one memcpy.
-// `row_epilogue(m0, count)` runs after a token row's patches are done (the output epilogue).
+// Parallel over token rows (b, ty). `row_epilogue(m0, count)` runs after a token row's patches
+// are done, while they are hot in cache (the output epilogue of the forward).
 template <bool kUnpack, typename T, typename Epilogue>
 void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_first,
                   Epilogue row_epilogue) {
@@ -44,12 +62,11 @@ void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_fir
         for (int64_t py = 0; py < p; ++py) {
           T* line = plane + (ty * p + py) * s.W;
           T* col = A + m0 * K + ch * p * p + py * p;
-          for (int64_t tx = 0; tx < Wp; ++tx) {
-            if constexpr (kUnpack) {
-              std::memcpy(line + tx * p, col + tx * K, p * sizeof(T));
-            } else {
-              std::memcpy(col + tx * K, line + tx * p, p * sizeof(T));
-            }
+          switch (p) {
+            case 1: move_line<kUnpack, 1>(line, col, Wp, K, p); break;
+            case 2: move_line<kUnpack, 2>(line, col, Wp, K, p); break;
+            case 4: move_line<kUnpack, 4>(line, col, Wp, K, p); break;
+            default: move_line<kUnpack, 0>(line, col, Wp, K, p);
           }
         }
       }
@@ -82,15 +99,18 @@ at::Tensor patch_embed_cpu(const at::Tensor& base, const at::Tensor& detail,
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
+    // out[m, :] = pos_embed[m % T, :] + bias; the GEMM then accumulates onto it.
     auto epilogue = [&](int64_t m0, int64_t count) {
-      if (!has_bias && !has_pos) return;
       for (int64_t m = m0; m < m0 + count; ++m) {
-        const scalar_t* prow = has_pos ? pp + (m % T) * N : nullptr;
         scalar_t* orow = o + m * N;
-        for (int64_t n = 0; n < N; ++n) {
-          acc_t v = has_bias ? static_cast<acc_t>(bp[n]) : acc_t(0);
-          if (has_pos) v += static_cast<acc_t>(prow[n]);
-          orow[n] = static_cast<scalar_t>(v);
+        const scalar_t* prow = has_pos ? pp + (m % T) * N : nullptr;
+        if (has_pos && has_bias) {
+          for (int64_t n = 0; n < N; ++n)
+            orow[n] = static_cast<scalar_t>(static_cast<acc_t>(prow[n]) + static_cast<acc_t>(bp[n]));
+        } else if (has_pos) {
+          std::memcpy(orow, prow, N * sizeof(scalar_t));
+        } else if (has_bias) {
+          std::memcpy(orow, bp, N * sizeof(scalar_t));
         }
       }
     };
@@ -144,32 +164,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
     if (need_bias || need_pos) {
       // d_pos[t] = sum_b dOut[b, t] (accumulated in opmath), then d_bias = sum_t d_pos[t].
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      std::vector<acc_t> pos_acc(static_cast<size_t>(T * N));
+      at::Tensor pos_acc = at::empty({T, N}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      acc_t* pa = pos_acc.data_ptr<acc_t>();
       at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
-          acc_t* row = pos_acc.data() + t * N;
-          for (int64_t n = 0; n < N; ++n) row[n] = acc_t(0);
-          for (int64_t bb = 0; bb < s.B; ++bb) {
+          acc_t* row = pa + t * N;
+          for (int64_t n = 0; n < N; ++n) row[n] = s.B > 0 ? static_cast<acc_t>(gp[t * N + n]) : acc_t(0);
+          for (int64_t bb = 1; bb < s.B; ++bb) {
             const scalar_t* src = gp + (bb * T + t) * N;
             for (int64_t n = 0; n < N; ++n) row[n] += static_cast<acc_t>(src[n]);
           }
         }
       });
-      if (need_pos) {
-        d_pos = at::empty({1, T, N}, grad.options());
-        scalar_t* dp = d_pos.data_ptr<scalar_t>();
-        at::parallel_for(0, T * N, 4096, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) dp[i] = static_cast<scalar_t>(pos_acc[i]);
-        });
-      }
+      if (need_pos) d_pos = pos_acc.to(grad.scalar_type()).view({1, T, N});
       if (need_bias) {
         d_bias = at::empty({N}, grad.options());
         scalar_t* db = d_bias.data_ptr<scalar_t>();
-        at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+        at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
           std::vector<acc_t> acc(static_cast<size_t>(n1 - n0), acc_t(0));
           for (int64_t t = 0; t < T; ++t) {
-            const acc_t* row = pos_acc.data() + t * N;
-            for (int64_t n = n0; n < n1; ++n) acc[n - n0] += row[n];
+            const acc_t* row = pa + t * N + n0;
+            for (int64_t n = 0; n < n1 - n0; ++n) acc[n] += row[n];
           }
           for (int64_t n = n0; n < n1; ++n) db[n] = static_cast<scalar_t>(acc[n - n0]);
         });

@@ -1,0 +1,77 @@
+"""detail_patch_embed: fused vs eager reference vs torch.compile(reference) vs reshape+addmm (the
+best eager formulation, as vLLM/SGLang do) vs the op's bare GEMMs (the floor)."""
+
+import pytest
+import torch
+
+import davae_ext
+from davae_ext import ops, reference
+from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
+
+PROVIDERS = ["fused", "eager", "compile", "reshape_addmm", "bare_gemm"]
+
+
+def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
+    """cat -> view/permute into patch rows -> one addmm -> + pos (no conv)."""
+    x = torch.cat((detail, base) if order == "detail_first" else (base, detail), dim=1)
+    B, CD, H, W = x.shape
+    p = patch_size
+    rows = x.view(B, CD, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, CD * p * p)
+    out = torch.addmm(bias, rows, weight.view(weight.shape[0], -1).t())
+    return out.view(B, -1, weight.shape[0]) + pos_embed
+
+
+def fused(*args):
+    with davae_ext.use_backend("fused"):
+        return ops.detail_patch_embed(*args)
+
+
+def make_inputs(device, dtype, s, requires_grad):
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        t = (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+        return t.requires_grad_(requires_grad)
+
+    # Every input is differentiable, so the backward runs all three GEMMs (d-input, d-weight)
+    # as in end-to-end training through the latents.
+    base = rnd(s.B, s.C, s.H, s.W)
+    detail = rnd(s.B, s.D, s.H, s.W)
+    return [base, detail, rnd(s.hidden, s.C + s.D, s.p, s.p, scale=s.K ** -0.5), rnd(s.hidden),
+            rnd(1, s.T, s.hidden), s.p, "base_first"]
+
+
+def counts(s, elem, direction):
+    fwd_bytes = elem * (s.M * s.K + s.hidden * s.K + s.hidden + s.T * s.hidden + s.M * s.hidden)
+    bwd_bytes = elem * (s.M * s.hidden + 2 * s.M * s.K + 2 * s.hidden * s.K + s.T * s.hidden + s.hidden)
+    fwd_flops, bwd_flops = 2 * s.M * s.hidden * s.K, 4 * s.M * s.hidden * s.K  # bwd: d-input + d-weight
+    return {"fwd": (fwd_bytes, fwd_flops), "bwd": (bwd_bytes, bwd_flops),
+            "fwdbwd": (fwd_bytes + bwd_bytes, fwd_flops + bwd_flops)}[direction]
+
+
+def bare_gemm(device, dtype, s, direction):
+    """The GEMMs of the op alone on pre-packed operands: out = A W^T; dA = dOut W; dW = dOut^T A."""
+    A = torch.randn(s.M, s.K, device=device, dtype=dtype)
+    Wt = torch.randn(s.hidden, s.K, device=device, dtype=dtype).t()
+    dout = torch.randn(s.M, s.hidden, device=device, dtype=dtype)
+    fwd = lambda: torch.mm(A, Wt)  # noqa: E731
+    W = Wt.t()
+    bwd = lambda: (torch.mm(dout, W), torch.mm(dout.t(), A))  # noqa: E731
+    return {"fwd": fwd, "bwd": bwd, "fwdbwd": lambda: (fwd(), bwd())}[direction]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
+def bench_patch_embed(benchmark, case, direction, provider):
+    device, dtype, s = case
+    benchmark.group = f"patch_embed-{direction}-{case_id(case)}"
+    nbytes, flops = counts(s, torch.finfo(dtype).bits // 8, direction)
+    if provider == "bare_gemm":
+        fn = bare_gemm(device, dtype, s, direction)
+        time_direction(benchmark, device, lambda: fn(), [], "fwd", nbytes, flops)
+        return
+    forward = {"fused": fused, "eager": reference.detail_patch_embed,
+               "compile": compiled(reference.detail_patch_embed), "reshape_addmm": reshape_addmm}[provider]
+    time_direction(benchmark, device, forward, make_inputs(device, dtype, s, direction != "fwd"),
+                   direction, nbytes, flops)

@@ -1,0 +1,201 @@
+"""Shared pieces of the op benchmarks: the shapes of the real models, the providers, byte and
+FLOP counts, CUDA-event timing and the measured copy-bandwidth ceiling.
+
+Every benchmark stores its numbers in ``benchmark.extra_info``: median ms (CUDA events or
+triton's do_bench on GPU, pytest-benchmark's wall clock on CPU), GB/s, TFLOP/s, % of the copy
+bandwidth measured in the same run, and the peak memory of one call.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+CUDA = torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    B: int
+    C: int
+    D: int
+    H: int
+    W: int
+    p: int
+    hidden: int
+
+    @property
+    def T(self) -> int:
+        return (self.H // self.p) * (self.W // self.p)
+
+    @property
+    def K(self) -> int:
+        return (self.C + self.D) * self.p * self.p
+
+    @property
+    def M(self) -> int:
+        return self.B * self.T
+
+
+# SD3.5-M + DA-VAE at 1024 px and 2048 px (f16c32p2), ImageNet 512 (f32c128p1, LightningDiT-XL/1).
+CUDA_SHAPES = [
+    Shape("sd3-1024", 4, 16, 16, 64, 64, 2, 1536),
+    Shape("sd3-2048", 4, 16, 16, 128, 128, 2, 1536),
+    Shape("imagenet-512", 32, 32, 96, 16, 16, 1, 1152),
+]
+# On a 2-core CPU: batch 1 (4 for ImageNet) so the whole suite stays within a few minutes.
+CPU_SHAPES = [
+    Shape("sd3-1024", 1, 16, 16, 64, 64, 2, 1536),
+    Shape("sd3-2048", 1, 16, 16, 128, 128, 2, 1536),
+    Shape("imagenet-512", 4, 32, 96, 16, 16, 1, 1152),
+]
+
+
+def devices_and_shapes():
+    """(device, dtype, shape) cases: float32 on CPU, bfloat16 on CUDA when present."""
+    cases = [("cpu", torch.float32, s) for s in CPU_SHAPES]
+    if CUDA:
+        cases += [("cuda", torch.bfloat16, s) for s in CUDA_SHAPES]
+    return cases
+
+
+def case_id(case) -> str:
+    device, dtype, shape = case
+    return f"{device}-{str(dtype).replace('torch.', '')}-{shape.name}"
+
+
+@functools.lru_cache(maxsize=None)
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), measured now."""
+    if not CUDA:
+        return float("nan")
+    n = 512 * 1024 * 1024  # 1 GiB of bytes
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_median_ms(lambda: dst.copy_(src), flush_l2=False)
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def cuda_median_ms(fn, warmup: int = 10, reps: int = 50, flush_l2: bool = True) -> float:
+    """Median time of fn() on the GPU, with CUDA events; L2 flushed before each rep."""
+    try:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    except Exception:  # no triton, or an old one: hand-rolled events
+        pass
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if flush is not None:
+            flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def cuda_peak_bytes(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def cpu_peak_bytes(fn) -> int:
+    """Peak of the CPU allocations made during one fn() call (from the profiler's memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if e.cpu_memory_usage != 0 and e.name == "[memory]"),
+        key=lambda e: e.time_range.start,
+    )
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def record(benchmark, device, fn, nbytes: int, flops: int, run_wall_clock):
+    """Time `fn` and put the numbers into benchmark.extra_info.
+
+    On CUDA the median comes from CUDA events; pytest-benchmark's own table times a synchronized
+    call. On CPU pytest-benchmark's wall-clock median is the number.
+    """
+    info = benchmark.extra_info
+    info["bytes"] = nbytes
+    info["flops"] = flops
+    if device == "cuda":
+        ms = cuda_median_ms(fn)
+        info["median_ms"] = ms
+        info["gbs"] = nbytes / (ms * 1e-3) / 1e9
+        info["tflops"] = flops / (ms * 1e-3) / 1e12
+        info["copy_bw_gbs"] = copy_bandwidth_gbs()
+        info["pct_copy_bw"] = 100.0 * info["gbs"] / info["copy_bw_gbs"]
+        info["peak_bytes"] = cuda_peak_bytes(fn)
+
+        def synced():
+            fn()
+            torch.cuda.synchronize()
+
+        run_wall_clock(synced)
+    else:
+        run_wall_clock(fn)
+        ms = benchmark.stats.stats.median * 1e3
+        info["median_ms"] = ms
+        info["gbs"] = nbytes / (ms * 1e-3) / 1e9
+        info["tflops"] = flops / (ms * 1e-3) / 1e12
+        info["peak_bytes"] = cpu_peak_bytes(fn)
+
+
+DIRECTIONS = ["fwd", "bwd", "fwdbwd"]
+ROUNDS = {"cpu": 10, "cuda": 20}
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(fn):
+    """torch.compile(fn), made once per function (the compile happens in the warm-up rounds)."""
+    return torch.compile(fn, dynamic=False)
+
+
+def time_direction(benchmark, device, forward, tensors, direction, nbytes, flops):
+    """Benchmark `forward(*tensors)` in one direction.
+
+    fwd: forward under no_grad. bwd: the backward of one retained forward graph (gradients
+    w.r.t. every tensor that requires grad, no accumulation). fwdbwd: both.
+    """
+    leaves = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+    if direction == "fwd":
+        def fn():
+            with torch.no_grad():
+                return forward(*tensors)
+    else:
+        out = forward(*tensors)
+        grad_out = torch.randn_like(out)
+        if direction == "bwd":
+            def fn():
+                return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+        else:
+            def fn():
+                return torch.autograd.grad(forward(*tensors), leaves, grad_out)
+
+    def wall_clock(target):
+        benchmark.pedantic(target, rounds=ROUNDS[device], warmup_rounds=3, iterations=1)
+
+    benchmark.extra_info["direction"] = direction
+    benchmark.extra_info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    record(benchmark, device, fn, nbytes, flops, wall_clock)
