@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, check_against_reference, device_dtype_id, make, require_ext
+from conftest import DEVICE_DTYPES, DEVICES, check_against_reference, device_dtype_id, make, require_ext
 
 SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -37,11 +37,13 @@ def test_stop_gradient_target():
     assert detail.grad is not None and base.grad is None
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_deterministic(reduction):
+def test_deterministic(reduction, device):
     """Same bits on every run (fixed-order reduction), on a tensor large enough to be split."""
     require_ext()
-    detail, base = torch.randn(4, 96, 64, 64), torch.randn(4, 32, 64, 64)
+    detail = torch.randn(4, 96, 64, 64, device=device)
+    base = torch.randn(4, 32, 64, 64, device=device)
     first = ops.detail_align_loss(detail, base, reduction)
     for _ in range(3):
         assert torch.equal(ops.detail_align_loss(detail, base, reduction), first)
@@ -55,15 +57,16 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(lambda d, b: ops.detail_align_loss(d, b, reduction), (detail, base))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     require_ext()
     for code in (0, 1, 2):
         for requires_grad in (False, True):
-            detail = torch.randn(2, 12, 3, 5, requires_grad=requires_grad)
-            base = torch.randn(2, 4, 3, 5, requires_grad=requires_grad)
+            detail = torch.randn(2, 12, 3, 5, device=device, requires_grad=requires_grad)
+            base = torch.randn(2, 4, 3, 5, device=device, requires_grad=requires_grad)
             torch.library.opcheck(torch.ops.davae_ext.detail_align_loss.default, (detail, base, code))
-    grad = torch.randn(())
+    grad = torch.randn((), device=device)
     torch.library.opcheck(
         torch.ops.davae_ext.detail_align_loss_backward.default,
-        (grad, torch.randn(2, 12, 3, 5), torch.randn(2, 4, 3, 5), 1),
+        (grad, torch.randn(2, 12, 3, 5, device=device), torch.randn(2, 4, 3, 5, device=device), 1),
     )

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, check_against_reference, device_dtype_id, make, require_ext
+from conftest import DEVICE_DTYPES, DEVICES, check_against_reference, device_dtype_id, make, require_ext
 
 SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
 
@@ -32,9 +32,11 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda d: ops.detail_project(d, 4), (detail,))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     require_ext()
     for requires_grad in (False, True):
-        detail = torch.randn(2, 12, 3, 5, requires_grad=requires_grad)
+        detail = torch.randn(2, 12, 3, 5, device=device, requires_grad=requires_grad)
         torch.library.opcheck(torch.ops.davae_ext.detail_project.default, (detail, 4))
-    torch.library.opcheck(torch.ops.davae_ext.detail_project_backward.default, (torch.randn(2, 4, 3, 5), 12))
+    grad = torch.randn(2, 4, 3, 5, device=device)
+    torch.library.opcheck(torch.ops.davae_ext.detail_project_backward.default, (grad, 12))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
+from conftest import DEVICE_DTYPES, DEVICES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
 
 SHAPES = [  # (B, C, D, H, W)
     (1, 16, 16, 6, 6),
@@ -48,11 +48,13 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(lambda b, d: ops.latent_concat(b, d, order), (base, detail))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     require_ext()
     for order in (False, True):
         for requires_grad in (False, True):
-            base = torch.randn(2, 4, 3, 5, requires_grad=requires_grad)
-            detail = torch.randn(2, 12, 3, 5, requires_grad=requires_grad)
+            base = torch.randn(2, 4, 3, 5, device=device, requires_grad=requires_grad)
+            detail = torch.randn(2, 12, 3, 5, device=device, requires_grad=requires_grad)
             torch.library.opcheck(torch.ops.davae_ext.latent_concat.default, (base, detail, order))
-    torch.library.opcheck(torch.ops.davae_ext.latent_concat_backward.default, (torch.randn(2, 16, 3, 5), 4, True))
+    grad = torch.randn(2, 16, 3, 5, device=device)
+    torch.library.opcheck(torch.ops.davae_ext.latent_concat_backward.default, (grad, 4, True))

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
+from conftest import DEVICE_DTYPES, DEVICES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
 
 SHAPES = [  # (B, C, D, H, W, p, hidden)
     (1, 16, 16, 6, 6, 2, 64),
@@ -13,6 +13,8 @@ SHAPES = [  # (B, C, D, H, W, p, hidden)
     (1, 16, 16, 34, 66, 2, 40),
     (2, 4, 12, 8, 36, 4, 24),
     (1, 16, 16, 66, 66, 2, 96),
+    (2, 16, 16, 34, 34, 2, 200),  # two hidden tiles on CUDA, vector epilogue
+    (1, 3, 6, 10, 14, 2, 130),  # K = 36: a partial K slice; hidden not a multiple of 8
 ]
 EPILOGUES = ["bias+pos", "none", "bias", "pos"]
 
@@ -68,10 +70,11 @@ def test_backward_skips_unneeded_gradients():
     assert [tuple(o.shape) for o in outs] == [(0,), (0,), tuple(weight.shape), (0,), (1, 16, 32)]
 
 
-def test_deterministic_weight_gradient():
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_gradients(device):
     require_ext()
-    base, detail, weight, bias, pos, p = _inputs((4, 16, 16, 32, 32, 2, 64), torch.float32, "cpu", "contiguous", "bias+pos", False)
-    g = torch.randn(4, 256, 64)
+    base, detail, weight, bias, pos, p = _inputs((4, 16, 16, 32, 32, 2, 64), torch.float32, device, "contiguous", "bias+pos", False)
+    g = torch.randn(4, 256, 64, device=device)
     first = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
     again = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
     for a, b in zip(first, again):
@@ -95,14 +98,15 @@ def test_gradcheck(order, epilogue):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     require_ext()
     for epilogue in ("bias+pos", "none"):
         for requires_grad in (False, True):
-            base, detail, weight, bias, pos, p = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, "cpu", "contiguous", epilogue, requires_grad)
+            base, detail, weight, bias, pos, p = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, device, "contiguous", epilogue, requires_grad)
             torch.library.opcheck(torch.ops.davae_ext.detail_patch_embed.default, (base, detail, weight, bias, pos, p, True))
-    base, detail, weight, *_ = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, "cpu", "contiguous", "none", False)
+    base, detail, weight, *_ = _inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, device, "contiguous", "none", False)
     torch.library.opcheck(
         torch.ops.davae_ext.detail_patch_embed_backward.default,
-        (torch.randn(2, 6, 8), base, detail, weight, 2, False, [True, True, True, True]),
+        (torch.randn(2, 6, 8, device=device), base, detail, weight, 2, False, [True, True, True, True]),
     )

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU check: build for this GPU's arch only, run the tests (CUDA cases included) and the CUDA op
+# benchmarks, and write a JSON summary.
+#
+#   bash bench/gpu_check.sh OUTDIR
+#
+# For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
+# pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
+# Writes OUTDIR/gpu_check.json (+ build/test/bench logs, junit.xml, bench.json).
+set -uo pipefail
+OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+
+arch=$($PY -c "import torch; M, m = torch.cuda.get_device_capability(); print(f'{M}{m}')")
+echo "== build for sm_$arch =="
+DAVAE_CUDA=ON DAVAE_CUDA_ARCHS="$arch" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  $PY -m pip install --no-build-isolation --no-deps -v . -Cbuild-dir=/tmp/davae-build > "$OUT/build.log" 2>&1
+build_rc=$?
+echo "build rc=$build_rc ($(( $(date +%s) - start )) s)"
+if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; fi
+
+# Run from outside the source tree so the installed package (not python/) is imported.
+cd /tmp
+SRC="$OLDPWD"
+echo "== tests =="
+DAVAE_REQUIRE_EXT=1 timeout 240 $PY -m pytest "$SRC/tests" -q -p no:cacheprovider --maxfail=40 \
+  --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
+test_rc=$?
+tail -15 "$OUT/tests.log"
+echo "tests rc=$test_rc ($(( $(date +%s) - start )) s)"
+
+echo "== benchmarks =="
+timeout 200 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and not compile" \
+  --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
+bench_rc=$?
+echo "bench rc=$bench_rc ($(( $(date +%s) - start )) s)"
+timeout 150 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and compile" \
+  --benchmark-json="$OUT/bench_compile.json" -o addopts="" > "$OUT/bench_compile.log" 2>&1
+compile_rc=$?
+echo "bench (torch.compile providers) rc=$compile_rc ($(( $(date +%s) - start )) s)"
+
+$PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
+  --bench "$OUT/bench.json" "$OUT/bench_compile.json" \
+  --rc build=$build_rc tests=$test_rc bench=$bench_rc bench_compile=$compile_rc \
+  --seconds $(( $(date +%s) - start ))

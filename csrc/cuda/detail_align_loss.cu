@@ -1,0 +1,195 @@
+// detail_align_loss on CUDA: ||Proj(detail) - base||^2 in one launch each way, Proj never
+// materialised. The reduced forward is deterministic: a grid sized from the input size only, a
+// fixed-order block reduction into per-block partials, and the last block to finish (atomic
+// ticket) adds the partials in index order. No host synchronisation.
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cuda_utils.cuh"
+#include "davae_ext/checks.h"
+#include "davae_ext/index_math.h"
+#include "group_mean.cuh"
+
+namespace davae::cuda {
+namespace {
+
+constexpr int64_t kMaxPartials = 1024;
+
+template <int VEC, typename T>
+__global__ void __launch_bounds__(kThreads)
+    align_loss_kernel(const T* __restrict__ detail, const T* __restrict__ base, T* __restrict__ out,
+                      float* __restrict__ partials, unsigned int* __restrict__ ticket,
+                      int64_t total_vecs, int64_t vecs_per_plane, int64_t C, int64_t D,
+                      int64_t reduction) {
+  using V = Vec<T, VEC>;
+  const int64_t r = group_size(C, D);
+  float local = 0.f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total_vecs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = i / vecs_per_plane;  // b * C + c
+    const int64_t b = q / C;
+    float acc[VEC];
+    group_mean<VEC>(detail, b, q - b * C, i - q * vecs_per_plane, r, D, vecs_per_plane, acc);
+    const V z = *reinterpret_cast<const V*>(base + i * VEC);
+    if (reduction == kNone) {
+      V o;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float d = acc[k] - to_float(z.v[k]);
+        o.v[k] = from_float<T>(d * d);
+      }
+      *reinterpret_cast<V*>(out + i * VEC) = o;
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float d = acc[k] - to_float(z.v[k]);
+        local += d * d;
+      }
+    }
+  }
+  if (reduction == kNone) return;
+
+  const float block_total = block_sum(local);
+  __shared__ bool is_last;
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_total;
+    __threadfence();
+    is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  float v = 0.f;
+  for (int64_t i = threadIdx.x; i < gridDim.x; i += blockDim.x) v += __ldcg(partials + i);
+  v = block_sum(v);
+  if (threadIdx.x == 0) {
+    const float n = static_cast<float>(total_vecs * VEC);
+    out[0] = from_float<T>(reduction == kMean ? v / n : v);
+  }
+}
+
+template <int VEC, typename T>
+__global__ void __launch_bounds__(kThreads)
+    align_loss_backward_kernel(const T* __restrict__ grad, const T* __restrict__ detail,
+                               const T* __restrict__ base, T* __restrict__ d_detail,
+                               T* __restrict__ d_base, int64_t total_vecs, int64_t vecs_per_plane,
+                               int64_t C, int64_t D, int64_t reduction) {
+  using V = Vec<T, VEC>;
+  const int64_t r = group_size(C, D);
+  const float scale = reduction == kMean ? 2.f / static_cast<float>(total_vecs * VEC) : 2.f;
+  const float g0 = reduction == kNone ? 0.f : to_float(grad[0]);
+  const float inv_r = 1.f / static_cast<float>(r);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total_vecs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = i / vecs_per_plane;
+    const int64_t b = q / C;
+    const int64_t c = q - b * C;
+    const int64_t within = i - q * vecs_per_plane;
+    float acc[VEC];
+    group_mean<VEC>(detail, b, c, within, r, D, vecs_per_plane, acc);
+    const V z = *reinterpret_cast<const V*>(base + i * VEC);
+    V g;
+    if (reduction == kNone) g = *reinterpret_cast<const V*>(grad + i * VEC);
+    V db, dd;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float gi = reduction == kNone ? to_float(g.v[k]) : g0;
+      const float d_proj = scale * gi * (acc[k] - to_float(z.v[k]));
+      db.v[k] = from_float<T>(-d_proj);
+      dd.v[k] = from_float<T>(d_proj * inv_r);
+    }
+    *reinterpret_cast<V*>(d_base + i * VEC) = db;
+    for (int64_t j = 0; j < r; ++j) {
+      const int64_t plane = b * D + detail_channel(c, j, r);
+      *reinterpret_cast<V*>(d_detail + (plane * vecs_per_plane + within) * VEC) = dd;
+    }
+  }
+}
+
+at::Tensor detail_align_loss_cuda(const at::Tensor& detail, const at::Tensor& base,
+                                  int64_t reduction) {
+  const LatentShape s = check_align("detail_align_loss", detail, base, reduction);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor z = base.contiguous();
+  const int64_t total = s.B * s.C * s.HW();
+  if (reduction == kNone) {
+    at::Tensor out = at::empty({s.B, s.C, s.H, s.W}, base.options());
+    if (total == 0) return out;
+    DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_align_loss_cuda", [&] {
+      const scalar_t* dp = d.const_data_ptr<scalar_t>();
+      const scalar_t* zp = z.const_data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      with_vec<scalar_t>(s.HW(), aligned16(dp) && aligned16(zp) && aligned16(op), [&](auto vec) {
+        constexpr int V = decltype(vec)::value;
+        align_loss_kernel<V><<<blocks_for(total / V), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            dp, zp, op, nullptr, nullptr, total / V, s.HW() / V, s.C, s.D, reduction);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+    return out;
+  }
+  if (total == 0) {  // as F.mse_loss: NaN for the mean of nothing, 0 for the sum
+    return at::full({}, reduction == kMean ? NAN : 0.0, base.options());
+  }
+  at::Tensor out = at::empty({}, base.options());
+  at::Tensor ticket = at::zeros({1}, base.options().dtype(at::kInt));
+  DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_align_loss_cuda", [&] {
+    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    with_vec<scalar_t>(s.HW(), aligned16(dp) && aligned16(zp), [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      const int64_t blocks = blocks_for(total / V, kMaxPartials);
+      at::Tensor partials = at::empty({blocks}, base.options().dtype(at::kFloat));
+      align_loss_kernel<V><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          dp, zp, out.data_ptr<scalar_t>(), partials.data_ptr<float>(),
+          reinterpret_cast<unsigned int*>(ticket.data_ptr<int>()), total / V, s.HW() / V, s.C, s.D,
+          reduction);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> detail_align_loss_backward_cuda(const at::Tensor& grad,
+                                                                   const at::Tensor& detail,
+                                                                   const at::Tensor& base,
+                                                                   int64_t reduction) {
+  const LatentShape s = check_align("detail_align_loss_backward", detail, base, reduction);
+  check_align_grad(grad, s, reduction, base);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor z = base.contiguous();
+  const at::Tensor g = grad.contiguous();
+  at::Tensor d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
+  at::Tensor d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
+  const int64_t total = s.B * s.C * s.HW();
+  if (total == 0) return {d_detail, d_base};
+  DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_align_loss_backward_cuda", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    scalar_t* ddp = d_detail.data_ptr<scalar_t>();
+    scalar_t* dbp = d_base.data_ptr<scalar_t>();
+    const bool aligned = aligned16(dp) && aligned16(zp) && aligned16(ddp) && aligned16(dbp) &&
+                         (reduction != kNone || aligned16(gp));
+    with_vec<scalar_t>(s.HW(), aligned, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      align_loss_backward_kernel<V><<<blocks_for(total / V), kThreads, 0,
+                                      at::cuda::getCurrentCUDAStream()>>>(
+          gp, dp, zp, ddp, dbp, total / V, s.HW() / V, s.C, s.D, reduction);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {d_detail, d_base};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(davae_ext, CUDA, m) {
+  m.impl("detail_align_loss", &detail_align_loss_cuda);
+  m.impl("detail_align_loss_backward", &detail_align_loss_backward_cuda);
+}
+
+}  // namespace davae::cuda

@@ -1,0 +1,420 @@
+// detail_patch_embed on CUDA.
+//
+// Forward: one kernel. A block owns a 128-token x 128-hidden output tile. For each 32-wide slice
+// of K = (C+D) p^2 it gathers the A tile straight from base and detail (the concatenated latent
+// never exists; a per-slice column table holds each column's source and offset, from
+// index_math.h) and the matching weight tile into shared memory, and multiplies:
+//   - float16 / bfloat16: tensor cores through WMMA (16x16x16, float accumulators);
+//   - float32: FFMA on CUDA cores (exact float32 products, no TF32 rounding), 8x8 per thread.
+// The epilogue stages the float tile through shared memory (in two 64-row halves), adds bias and
+// the positional embedding, converts, and writes with 16-byte vector stores.
+//
+// Backward (not one kernel): d_pos_embed and d_bias come from one pass over dOut (d_bias as a
+// deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one cuBLAS GEMM whose
+// [M, K] result is scattered straight into d_base / d_detail (patches do not overlap: no col2im
+// accumulation); d_weight = dOut^T A is one cuBLAS GEMM on A re-gathered from base and detail.
+// dOut is read three times (pos/bias pass and the two GEMMs).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "cuda_utils.cuh"
+#include "davae_ext/checks.h"
+#include "davae_ext/index_math.h"
+
+namespace davae::cuda {
+namespace {
+
+constexpr int BM = 128;  // tokens per block tile
+constexpr int BN = 128;  // hidden units per block tile
+constexpr int BK = 32;   // K slice
+constexpr int kHalfRows = BM / 2;
+constexpr int LDC = BN + 4;  // float staging tile row stride (multiple of 4 for WMMA stores)
+
+template <typename T>
+struct Tile {
+  // Row strides (elements) of the A and W tiles: WMMA needs a multiple of 8 for 16-bit types
+  // (and 32-byte aligned fragment rows); the FFMA path wants an odd stride (no bank conflicts).
+  static constexpr int LD = std::is_same_v<T, float> ? BK + 1 : BK + 8;
+  static constexpr int kABytes = BM * LD * sizeof(T);
+  static constexpr int kWBytes = BN * LD * sizeof(T);
+  static constexpr int kCBytes = kHalfRows * LDC * sizeof(float);
+  static constexpr int kBytes = (kABytes + kWBytes) > kCBytes ? (kABytes + kWBytes) : kCBytes;
+};
+
+// The WMMA element type of a c10 16-bit type (float never reaches the WMMA path).
+template <typename T>
+struct WmmaType {
+  using type = __half;
+};
+template <>
+struct WmmaType<c10::Half> {
+  using type = __half;
+};
+template <>
+struct WmmaType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+struct FwdParams {
+  int64_t M, N, K, T, C, D, H, W, p, Wp;
+  bool detail_first, has_bias, has_pos, vec_out;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    patch_embed_fwd_kernel(const T* __restrict__ base, const T* __restrict__ detail,
+                           const T* __restrict__ weight, const T* __restrict__ bias,
+                           const T* __restrict__ pos, T* __restrict__ out, FwdParams P) {
+  using TL = Tile<T>;
+  constexpr int LD = TL::LD;
+  __shared__ __align__(128) unsigned char smem[TL::kBytes];
+  __shared__ int col_off[BK];
+  __shared__ signed char col_src[BK];  // 0 = base, 1 = detail, -1 = past K
+  T* As = reinterpret_cast<T*>(smem);
+  T* Ws = reinterpret_cast<T*>(smem + TL::kABytes);
+  float* Cs = reinterpret_cast<float*>(smem);
+
+  const int tid = threadIdx.x;
+  const int64_t n0 = int64_t(blockIdx.x) * BN;
+  const int64_t m0 = int64_t(blockIdx.y) * BM;
+  const int64_t HW = P.H * P.W;
+
+  // Each thread gathers A for one fixed token of the tile (256 threads, 128 tokens).
+  const int mi = tid % BM;
+  const int kk_first = tid / BM;
+  const int64_t m = m0 + mi;
+  const bool m_ok = m < P.M;
+  const T* base_b = base;
+  const T* detail_b = detail;
+  int64_t token_off = 0;
+  if (m_ok) {
+    const TokenCoord<int64_t> tc = token_coord<int64_t>(m, P.T, P.Wp);
+    base_b = base + tc.b * P.C * HW;
+    detail_b = detail + tc.b * P.D * HW;
+    token_off = tc.ty * P.p * P.W + tc.tx * P.p;
+  }
+
+  // Accumulators.
+  using namespace nvcuda;
+  constexpr bool kTensorCores = !std::is_same_v<T, float>;
+  const int warp = tid / 32;
+  // WMMA: 8 warps as 4 (M) x 2 (N), 32 x 64 each. FFMA: 16 x 16 threads, 8 x 8 each.
+  const int warp_m = warp / 2, warp_n = warp % 2;
+  const int tr = tid / 16, tcol = tid % 16;
+  using WT = typename WmmaType<T>::type;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag[2][4];
+  float acc[8][8];
+  if constexpr (kTensorCores) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc_frag[i][j], 0.f);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+  }
+
+  for (int64_t k0 = 0; k0 < P.K; k0 += BK) {
+    // Column table of this K slice.
+    if (tid < BK) {
+      const int64_t k = k0 + tid;
+      if (k < P.K) {
+        const PatchColumn<int64_t> pc = patch_column<int64_t>(k, P.p);
+        const ChannelSource src = channel_source<int64_t>(pc.ch, P.C, P.D, P.detail_first);
+        col_off[tid] = static_cast<int>(src.channel * HW + pc.py * P.W + pc.px);
+        col_src[tid] = src.is_base ? 0 : 1;
+      } else {
+        col_src[tid] = -1;
+      }
+    }
+    __syncthreads();
+    // A tile [BM][BK]: gathered from base / detail.
+#pragma unroll 4
+    for (int kk = kk_first; kk < BK; kk += kThreads / BM) {
+      const int src = col_src[kk];
+      T v = T(0);
+      if (m_ok && src >= 0) v = (src == 0 ? base_b : detail_b)[col_off[kk] + token_off];
+      As[mi * LD + kk] = v;
+    }
+    // W tile [BN][BK] from weight [N, K] (row-major): consecutive threads read consecutive k.
+#pragma unroll 4
+    for (int e = tid; e < BN * BK; e += kThreads) {
+      const int nn = e / BK, kk = e % BK;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      Ws[nn * LD + kk] = (n < P.N && k < P.K) ? weight[n * P.K + k] : T(0);
+    }
+    __syncthreads();
+
+    if constexpr (kTensorCores) {
+      const WT* Aw = reinterpret_cast<const WT*>(As);
+      const WT* Ww = reinterpret_cast<const WT*>(Ws);
+#pragma unroll
+      for (int ks = 0; ks < BK; ks += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> b[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], Aw + (warp_m * 32 + i * 16) * LD + ks, LD);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wmma::load_matrix_sync(b[j], Ww + (warp_n * 64 + j * 16) * LD + ks, LD);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) wmma::mma_sync(acc_frag[i][j], a[i], b[j], acc_frag[i][j]);
+      }
+    } else {
+#pragma unroll 4
+      for (int kk = 0; kk < BK; ++kk) {
+        float a[8], b[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = to_float(As[(tr * 8 + i) * LD + kk]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = to_float(Ws[(tcol + 16 * j) * LD + kk]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Epilogue, one 64-row half at a time through the float staging tile.
+  constexpr int VEC = vec16<T>();
+  using V = Vec<T, VEC>;
+  for (int h = 0; h < 2; ++h) {
+    if constexpr (kTensorCores) {
+      if (warp_m / 2 == h) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            wmma::store_matrix_sync(Cs + ((warp_m % 2) * 32 + i * 16) * LDC + warp_n * 64 + j * 16,
+                                    acc_frag[i][j], LDC, wmma::mem_row_major);
+      }
+    } else {
+      if (tr / 8 == h) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) Cs[((tr % 8) * 8 + i) * LDC + tcol + 16 * j] = acc[i][j];
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < kHalfRows * (BN / VEC); e += kThreads) {
+      const int row = e / (BN / VEC);
+      const int cv = e % (BN / VEC);
+      const int64_t mm = m0 + h * kHalfRows + row;
+      const int64_t n = n0 + cv * VEC;
+      if (mm >= P.M || n >= P.N) continue;
+      const float* c = Cs + row * LDC + cv * VEC;
+      const int64_t t = mm % P.T;
+      if (P.vec_out && n + VEC <= P.N) {
+        float v[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[i] = c[i];
+        if (P.has_bias) {
+          const V bv = *reinterpret_cast<const V*>(bias + n);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) v[i] += to_float(bv.v[i]);
+        }
+        if (P.has_pos) {
+          const V pv = *reinterpret_cast<const V*>(pos + t * P.N + n);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) v[i] += to_float(pv.v[i]);
+        }
+        V o;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) o.v[i] = from_float<T>(v[i]);
+        *reinterpret_cast<V*>(out + mm * P.N + n) = o;
+      } else {
+        for (int i = 0; i < VEC && n + i < P.N; ++i) {
+          float v = c[i];
+          if (P.has_bias) v += to_float(bias[n + i]);
+          if (P.has_pos) v += to_float(pos[t * P.N + n + i]);
+          out[mm * P.N + n + i] = from_float<T>(v);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Moves every element of (base, detail) to / from its place in the patch-row matrix A [M, K]:
+// one thread per latent element, reading (or writing) the latent coalesced.
+template <bool kUnpack, typename T>
+__global__ void __launch_bounds__(kThreads)
+    patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail,
+                      int64_t total, int64_t C, int64_t D, int64_t H, int64_t W, int64_t p,
+                      bool detail_first) {
+  const int64_t CD = C + D, HW = H * W, Wp = W / p, T_ = (H / p) * Wp, K = CD * p * p;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = e / HW;  // b * CD + ch
+    const int64_t yx = e - q * HW;
+    const int64_t b = q / CD;
+    const int64_t ch = q - b * CD;
+    const int64_t y = yx / W, x = yx - (yx / W) * W;
+    const ChannelSource src = channel_source<int64_t>(ch, C, D, detail_first);
+    T* plane = src.is_base ? base + (b * C + src.channel) * HW : detail + (b * D + src.channel) * HW;
+    const int64_t m = b * T_ + (y / p) * Wp + x / p;
+    const int64_t k = ch * p * p + (y % p) * p + (x % p);
+    if constexpr (kUnpack) {
+      plane[yx] = A[m * K + k];
+    } else {
+      A[m * K + k] = plane[yx];
+    }
+  }
+}
+
+constexpr int kPosRows = 32;  // token rows per block of the d_pos / d_bias pass
+
+// d_pos[t, n] = sum_b dOut[b, t, n]; partial[blockIdx.y, n] = sum of d_pos over this block's rows.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pos_grad_kernel(const T* __restrict__ grad, T* __restrict__ d_pos, float* __restrict__ partial,
+                    int64_t B, int64_t T_, int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t t0 = int64_t(blockIdx.y) * kPosRows;
+  const int64_t t1 = t0 + kPosRows < T_ ? t0 + kPosRows : T_;
+  float colsum = 0.f;
+  for (int64_t t = t0; t < t1; ++t) {
+    float v = 0.f;
+    for (int64_t b = 0; b < B; ++b) v += to_float(grad[(b * T_ + t) * N + n]);
+    if (d_pos != nullptr) d_pos[t * N + n] = from_float<T>(v);
+    colsum += v;
+  }
+  if (partial != nullptr) partial[blockIdx.y * N + n] = colsum;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bias_grad_kernel(const float* __restrict__ partial, T* __restrict__ d_bias, int64_t chunks,
+                     int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  float v = 0.f;
+  for (int64_t c = 0; c < chunks; ++c) v += partial[c * N + n];  // fixed order
+  d_bias[n] = from_float<T>(v);
+}
+
+at::Tensor patch_embed_cuda(const at::Tensor& base, const at::Tensor& detail,
+                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
+                            bool detail_first) {
+  const PatchShape s =
+      check_patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const bool has_bias = bias.has_value() && bias->defined();
+  const bool has_pos = pos_embed.has_value() && pos_embed->defined();
+  const at::Tensor b = base.contiguous();
+  const at::Tensor d = detail.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor pos_c = has_pos ? pos_embed->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({s.B, s.T(), s.N}, base.options());
+  if (out.numel() == 0) return out;
+  TORCH_CHECK(s.C * s.H * s.W < (int64_t{1} << 31) && s.D * s.H * s.W < (int64_t{1} << 31),
+              "detail_patch_embed: one latent of the batch must have fewer than 2^31 elements");
+
+  DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_patch_embed_cuda", [&] {
+    const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    constexpr int kVec = vec16<scalar_t>();
+    FwdParams P{s.M(), s.N, s.K(), s.T(), s.C, s.D, s.H, s.W, s.p, s.Wp(), detail_first, has_bias,
+                has_pos, false};
+    P.vec_out = s.N % kVec == 0 && aligned16(op) && (!has_bias || aligned16(bp)) &&
+                (!has_pos || aligned16(pp));
+    const dim3 grid(static_cast<unsigned>((s.N + BN - 1) / BN), static_cast<unsigned>((s.M() + BM - 1) / BM));
+    TORCH_CHECK(grid.y <= 65535, "detail_patch_embed: too many tokens for one launch (", s.M(), ")");
+    patch_embed_fwd_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        b.const_data_ptr<scalar_t>(), d.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+        pp, op, P);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+template <bool kUnpack, typename T>
+void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_first) {
+  const int64_t total = s.B * (s.C + s.D) * s.H * s.W;
+  if (total == 0) return;
+  patch_move_kernel<kUnpack><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      A, base, detail, total, s.C, s.D, s.H, s.W, s.p, detail_first);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
+    const at::Tensor& weight, int64_t patch_size, bool detail_first,
+    std::array<bool, 4> output_mask) {
+  const PatchShape s = check_patch_embed("detail_patch_embed_backward", base, detail, weight,
+                                         std::nullopt, std::nullopt, patch_size);
+  check_patch_grad(grad, s, base);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const auto [need_input, need_weight, need_bias, need_pos] = output_mask;
+  const int64_t M = s.M(), K = s.K(), N = s.N, T_ = s.T();
+  const at::Tensor g = grad.contiguous().view({M, N});
+  const at::Tensor w = weight.reshape({N, K});
+  auto none = [&] { return at::empty({0}, grad.options()); };
+  at::Tensor d_base = none(), d_detail = none(), d_weight = none(), d_bias = none(), d_pos = none();
+  auto stream = at::cuda::getCurrentCUDAStream();
+
+  DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_patch_embed_backward_cuda", [&] {
+    if (need_bias || need_pos) {
+      if (need_pos) d_pos = at::empty({1, T_, N}, grad.options());
+      const int64_t chunks = (T_ + kPosRows - 1) / kPosRows;
+      at::Tensor partial = need_bias ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
+      const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
+      if (N > 0 && chunks > 0) {
+        pos_grad_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), need_pos ? d_pos.data_ptr<scalar_t>() : nullptr,
+            need_bias ? partial.data_ptr<float>() : nullptr, s.B, T_, N);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (need_bias) {
+        d_bias = at::empty({N}, grad.options());
+        if (N > 0) {
+          bias_grad_kernel<scalar_t><<<blocks_for(N), kThreads, 0, stream>>>(
+              partial.const_data_ptr<float>(), d_bias.data_ptr<scalar_t>(), chunks, N);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+    }
+    if (need_input) {
+      const at::Tensor dA = at::mm(g, w);  // [M, K]
+      d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
+      d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
+      launch_move<true>(const_cast<scalar_t*>(dA.const_data_ptr<scalar_t>()), d_base.data_ptr<scalar_t>(),
+                        d_detail.data_ptr<scalar_t>(), s, detail_first);
+    }
+    if (need_weight) {
+      const at::Tensor b = base.contiguous();
+      const at::Tensor d = detail.contiguous();
+      at::Tensor A = at::empty({M, K}, base.options());
+      launch_move<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
+                         const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first);
+      d_weight = at::mm(g.t(), A).view({N, s.C + s.D, s.p, s.p});
+    }
+  });
+  return {d_base, d_detail, d_weight, d_bias, d_pos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(davae_ext, CUDA, m) {
+  m.impl("detail_patch_embed", &patch_embed_cuda);
+  m.impl("detail_patch_embed_backward", &patch_embed_backward_cuda);
+}
+
+}  // namespace davae::cuda
