@@ -9,8 +9,8 @@
 // The epilogue stages the float tile through shared memory (in two 64-row halves), adds bias and
 // the positional embedding, converts, and writes with 16-byte vector stores.
 //
-// Backward (not one kernel): d_pos_embed and d_bias come from one pass over dOut (d_bias as a
-// deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one cuBLAS GEMM whose
+// Backward (not one kernel): d_pos_embed and d_bias come from one vectorised pass over dOut
+// (d_bias as a deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one cuBLAS GEMM whose
 // [M, K] result is scattered straight into d_base / d_detail (patches do not overlap: no col2im
 // accumulation); d_weight = dOut^T A is one cuBLAS GEMM on A re-gathered from base and detail.
 // dOut is read three times (pos/bias pass and the two GEMMs).
@@ -67,16 +67,14 @@ struct FwdParams {
   bool detail_first, has_bias, has_pos, vec_out;
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, bool kVecW>
+__global__ void __launch_bounds__(kThreads, 2)
     patch_embed_fwd_kernel(const T* __restrict__ base, const T* __restrict__ detail,
                            const T* __restrict__ weight, const T* __restrict__ bias,
                            const T* __restrict__ pos, T* __restrict__ out, FwdParams P) {
   using TL = Tile<T>;
   constexpr int LD = TL::LD;
   __shared__ __align__(128) unsigned char smem[TL::kBytes];
-  __shared__ int col_off[BK];
-  __shared__ signed char col_src[BK];  // 0 = base, 1 = detail, -1 = past K
   T* As = reinterpret_cast<T*>(smem);
   T* Ws = reinterpret_cast<T*>(smem + TL::kABytes);
   float* Cs = reinterpret_cast<float*>(smem);
@@ -84,22 +82,76 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   const int64_t n0 = int64_t(blockIdx.x) * BN;
   const int64_t m0 = int64_t(blockIdx.y) * BM;
-  const int64_t HW = P.H * P.W;
+  // Offsets inside one latent of the batch fit in int (checked on the host).
+  const int W = static_cast<int>(P.W), HW = static_cast<int>(P.H * P.W);
+  const int p = static_cast<int>(P.p), C = static_cast<int>(P.C), D = static_cast<int>(P.D);
 
-  // Each thread gathers A for one fixed token of the tile (256 threads, 128 tokens).
+  // Each thread gathers A for one fixed token of the tile (256 threads, 128 tokens) and the
+  // columns kk_first, kk_first + 2, ... of each K slice.
+  constexpr int kColStep = kThreads / BM;
   const int mi = tid % BM;
   const int kk_first = tid / BM;
   const int64_t m = m0 + mi;
   const bool m_ok = m < P.M;
   const T* base_b = base;
   const T* detail_b = detail;
-  int64_t token_off = 0;
+  int token_off = 0;
   if (m_ok) {
     const TokenCoord<int64_t> tc = token_coord<int64_t>(m, P.T, P.Wp);
     base_b = base + tc.b * P.C * HW;
     detail_b = detail + tc.b * P.D * HW;
-    token_off = tc.ty * P.p * P.W + tc.tx * P.p;
+    token_off = static_cast<int>(tc.ty * p * W + tc.tx * p);
   }
+
+  // Register staging: the next K slice is loaded while the current one is multiplied.
+  constexpr int kARegs = BM * BK / kThreads;
+  constexpr int VW = kVecW ? vec16<T>() : 1;
+  constexpr int kWRegs = BN * BK / VW / kThreads;
+  using VWt = Vec<T, VW>;
+  T a_reg[kARegs];
+  VWt w_reg[kWRegs];
+
+  auto load_slice = [&](int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < kARegs; ++i) {
+      const int64_t k = k0 + kk_first + kColStep * i;
+      T v = T(0);
+      if (m_ok && k < P.K) {
+        const PatchColumn<int> pc = patch_column<int>(static_cast<int>(k), p);
+        const ChannelSource src = channel_source<int>(pc.ch, C, D, P.detail_first);
+        const int off = static_cast<int>(src.channel) * HW + pc.py * W + pc.px + token_off;
+        v = (src.is_base ? base_b : detail_b)[off];
+      }
+      a_reg[i] = v;
+    }
+#pragma unroll
+    for (int i = 0; i < kWRegs; ++i) {
+      const int e = tid + i * kThreads;  // consecutive threads: consecutive k of one row
+      const int nn = e / (BK / VW), kv = e % (BK / VW);
+      const int64_t n = n0 + nn, k = k0 + kv * VW;
+      if constexpr (kVecW) {  // K % VW == 0: a vector is wholly inside or outside K
+        if (n < P.N && k < P.K) {
+          w_reg[i] = *reinterpret_cast<const VWt*>(weight + n * P.K + k);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VW; ++j) w_reg[i].v[j] = T(0);
+        }
+      } else {
+        w_reg[i].v[0] = (n < P.N && k < P.K) ? weight[n * P.K + k] : T(0);
+      }
+    }
+  };
+  auto store_slice = [&]() {
+#pragma unroll
+    for (int i = 0; i < kARegs; ++i) As[mi * LD + kk_first + kColStep * i] = a_reg[i];
+#pragma unroll
+    for (int i = 0; i < kWRegs; ++i) {
+      const int e = tid + i * kThreads;
+      const int nn = e / (BK / VW), kv = e % (BK / VW);
+#pragma unroll
+      for (int j = 0; j < VW; ++j) Ws[nn * LD + kv * VW + j] = w_reg[i].v[j];
+    }
+  };
 
   // Accumulators.
   using namespace nvcuda;
@@ -123,36 +175,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
   }
 
+  load_slice(0);
   for (int64_t k0 = 0; k0 < P.K; k0 += BK) {
-    // Column table of this K slice.
-    if (tid < BK) {
-      const int64_t k = k0 + tid;
-      if (k < P.K) {
-        const PatchColumn<int64_t> pc = patch_column<int64_t>(k, P.p);
-        const ChannelSource src = channel_source<int64_t>(pc.ch, P.C, P.D, P.detail_first);
-        col_off[tid] = static_cast<int>(src.channel * HW + pc.py * P.W + pc.px);
-        col_src[tid] = src.is_base ? 0 : 1;
-      } else {
-        col_src[tid] = -1;
-      }
-    }
+    store_slice();
     __syncthreads();
-    // A tile [BM][BK]: gathered from base / detail.
-#pragma unroll 4
-    for (int kk = kk_first; kk < BK; kk += kThreads / BM) {
-      const int src = col_src[kk];
-      T v = T(0);
-      if (m_ok && src >= 0) v = (src == 0 ? base_b : detail_b)[col_off[kk] + token_off];
-      As[mi * LD + kk] = v;
-    }
-    // W tile [BN][BK] from weight [N, K] (row-major): consecutive threads read consecutive k.
-#pragma unroll 4
-    for (int e = tid; e < BN * BK; e += kThreads) {
-      const int nn = e / BK, kk = e % BK;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      Ws[nn * LD + kk] = (n < P.N && k < P.K) ? weight[n * P.K + k] : T(0);
-    }
-    __syncthreads();
+    if (k0 + BK < P.K) load_slice(k0 + BK);  // in flight during the multiply below
 
     if constexpr (kTensorCores) {
       const WT* Aw = reinterpret_cast<const WT*>(As);
@@ -249,24 +276,24 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Moves every element of (base, detail) to / from its place in the patch-row matrix A [M, K]:
-// one thread per latent element, reading (or writing) the latent coalesced.
-template <bool kUnpack, typename T>
+// one thread per latent element, reading (or writing) the latent coalesced. I is the index type
+// (int when everything fits, which keeps the divisions cheap).
+template <bool kUnpack, typename I, typename T>
 __global__ void __launch_bounds__(kThreads)
-    patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail,
-                      int64_t total, int64_t C, int64_t D, int64_t H, int64_t W, int64_t p,
-                      bool detail_first) {
-  const int64_t CD = C + D, HW = H * W, Wp = W / p, T_ = (H / p) * Wp, K = CD * p * p;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = e / HW;  // b * CD + ch
-    const int64_t yx = e - q * HW;
-    const int64_t b = q / CD;
-    const int64_t ch = q - b * CD;
-    const int64_t y = yx / W, x = yx - (yx / W) * W;
-    const ChannelSource src = channel_source<int64_t>(ch, C, D, detail_first);
-    T* plane = src.is_base ? base + (b * C + src.channel) * HW : detail + (b * D + src.channel) * HW;
-    const int64_t m = b * T_ + (y / p) * Wp + x / p;
-    const int64_t k = ch * p * p + (y % p) * p + (x % p);
+    patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail, I total,
+                      I C, I D, I H, I W, I p, bool detail_first) {
+  const I CD = C + D, HW = H * W, Wp = W / p, T_ = (H / p) * Wp, K = CD * p * p;
+  for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * blockDim.x) {
+    const I q = e / HW;  // b * CD + ch
+    const I yx = e - q * HW;
+    const I b = q / CD;
+    const I ch = q - b * CD;
+    const I y = yx / W, x = yx - (yx / W) * W;
+    const ChannelSource src = channel_source<I>(ch, C, D, detail_first);
+    const I src_ch = static_cast<I>(src.channel);
+    T* plane = src.is_base ? base + (b * C + src_ch) * HW : detail + (b * D + src_ch) * HW;
+    const I m = b * T_ + (y / p) * Wp + x / p;
+    const I k = ch * p * p + (y % p) * p + (x % p);
     if constexpr (kUnpack) {
       plane[yx] = A[m * K + k];
     } else {
@@ -275,25 +302,59 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-constexpr int kPosRows = 32;  // token rows per block of the d_pos / d_bias pass
+// d_pos / d_bias pass: a block (32 x 8 threads) owns 32 * VEC hidden columns and kPosRows token
+// rows. Each thread sums dOut over the batch for its rows (VEC columns at once), writes d_pos,
+// and keeps the column sum; the 8 row groups are then added in a fixed order into
+// partial[blockIdx.y, n]. bias_grad_kernel adds the partials in index order: deterministic.
+constexpr int kPosRows = 64;
+constexpr int kPosGroups = 8;
 
-// d_pos[t, n] = sum_b dOut[b, t, n]; partial[blockIdx.y, n] = sum of d_pos over this block's rows.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
+template <int VEC, typename T>
+__global__ void __launch_bounds__(32 * kPosGroups)
     pos_grad_kernel(const T* __restrict__ grad, T* __restrict__ d_pos, float* __restrict__ partial,
                     int64_t B, int64_t T_, int64_t N) {
-  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
+  using V = Vec<T, VEC>;
+  __shared__ float red[kPosGroups][32 * VEC];
+  const int64_t n = (int64_t(blockIdx.x) * 32 + threadIdx.x) * VEC;
   const int64_t t0 = int64_t(blockIdx.y) * kPosRows;
-  const int64_t t1 = t0 + kPosRows < T_ ? t0 + kPosRows : T_;
-  float colsum = 0.f;
-  for (int64_t t = t0; t < t1; ++t) {
-    float v = 0.f;
-    for (int64_t b = 0; b < B; ++b) v += to_float(grad[(b * T_ + t) * N + n]);
-    if (d_pos != nullptr) d_pos[t * N + n] = from_float<T>(v);
-    colsum += v;
+  float col[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) col[j] = 0.f;
+  if (n < N) {  // N % VEC == 0 when VEC > 1
+#pragma unroll 4
+    for (int r = threadIdx.y; r < kPosRows; r += kPosGroups) {
+      const int64_t t = t0 + r;
+      if (t >= T_) break;
+      float v[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = 0.f;
+      for (int64_t b = 0; b < B; ++b) {
+        const V g = *reinterpret_cast<const V*>(grad + (b * T_ + t) * N + n);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] += to_float(g.v[j]);
+      }
+      if (d_pos != nullptr) {
+        V o;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(v[j]);
+        *reinterpret_cast<V*>(d_pos + t * N + n) = o;
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) col[j] += v[j];
+    }
   }
-  if (partial != nullptr) partial[blockIdx.y * N + n] = colsum;
+  if (partial == nullptr) return;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) red[threadIdx.y][threadIdx.x * VEC + j] = col[j];
+  __syncthreads();
+  if (threadIdx.y == 0 && n < N) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      float sum = 0.f;
+      for (int y = 0; y < kPosGroups; ++y) sum += red[y][threadIdx.x * VEC + j];
+      partial[blockIdx.y * N + n + j] = sum;
+    }
+  }
 }
 
 template <typename T>
@@ -303,6 +364,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   float v = 0.f;
+#pragma unroll 8
   for (int64_t c = 0; c < chunks; ++c) v += partial[c * N + n];  // fixed order
   d_bias[n] = from_float<T>(v);
 }
@@ -337,9 +399,15 @@ at::Tensor patch_embed_cuda(const at::Tensor& base, const at::Tensor& detail,
                 (!has_pos || aligned16(pp));
     const dim3 grid(static_cast<unsigned>((s.N + BN - 1) / BN), static_cast<unsigned>((s.M() + BM - 1) / BM));
     TORCH_CHECK(grid.y <= 65535, "detail_patch_embed: too many tokens for one launch (", s.M(), ")");
-    patch_embed_fwd_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        b.const_data_ptr<scalar_t>(), d.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
-        pp, op, P);
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    auto stream = at::cuda::getCurrentCUDAStream();
+    if (s.K() % kVec == 0 && aligned16(wp)) {
+      patch_embed_fwd_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(
+          b.const_data_ptr<scalar_t>(), d.const_data_ptr<scalar_t>(), wp, bp, pp, op, P);
+    } else {
+      patch_embed_fwd_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(
+          b.const_data_ptr<scalar_t>(), d.const_data_ptr<scalar_t>(), wp, bp, pp, op, P);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -349,8 +417,15 @@ template <bool kUnpack, typename T>
 void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_first) {
   const int64_t total = s.B * (s.C + s.D) * s.H * s.W;
   if (total == 0) return;
-  patch_move_kernel<kUnpack><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      A, base, detail, total, s.C, s.D, s.H, s.W, s.p, detail_first);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (total < (int64_t{1} << 31) && s.M() * s.K() < (int64_t{1} << 31)) {
+    patch_move_kernel<kUnpack, int><<<blocks_for(total), kThreads, 0, stream>>>(
+        A, base, detail, static_cast<int>(total), static_cast<int>(s.C), static_cast<int>(s.D),
+        static_cast<int>(s.H), static_cast<int>(s.W), static_cast<int>(s.p), detail_first);
+  } else {
+    patch_move_kernel<kUnpack, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
+        A, base, detail, total, s.C, s.D, s.H, s.W, s.p, detail_first);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -375,12 +450,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
       if (need_pos) d_pos = at::empty({1, T_, N}, grad.options());
       const int64_t chunks = (T_ + kPosRows - 1) / kPosRows;
       at::Tensor partial = need_bias ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
-      const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      scalar_t* dpp = need_pos ? d_pos.data_ptr<scalar_t>() : nullptr;
+      float* pp = need_bias ? partial.data_ptr<float>() : nullptr;
+      const bool aligned = aligned16(gp) && (dpp == nullptr || aligned16(dpp));
       if (N > 0 && chunks > 0) {
-        pos_grad_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-            g.const_data_ptr<scalar_t>(), need_pos ? d_pos.data_ptr<scalar_t>() : nullptr,
-            need_bias ? partial.data_ptr<float>() : nullptr, s.B, T_, N);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        with_vec<scalar_t>(N, aligned, [&](auto vec) {
+          constexpr int V = decltype(vec)::value;
+          const dim3 grid(static_cast<unsigned>((N + 32 * V - 1) / (32 * V)), static_cast<unsigned>(chunks));
+          pos_grad_kernel<V, scalar_t><<<grid, dim3(32, kPosGroups), 0, stream>>>(gp, dpp, pp, s.B, T_, N);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       }
       if (need_bias) {
         d_bias = at::empty({N}, grad.options());
