@@ -3,6 +3,7 @@
 # benchmarks, and write a JSON summary.
 #
 #   bash bench/gpu_check.sh OUTDIR
+#   QUICK=1 bash bench/gpu_check.sh OUTDIR   # CUDA tests of the riskiest ops + one forward benchmark
 #
 # For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
 # pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
@@ -38,13 +39,23 @@ except ValueError as e:
 echo "== tests =="
 # pytest-xdist (when present) runs the tests in workers: faster, and a crash fails one test only.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-DAVAE_REQUIRE_EXT=1 timeout 240 $PY -m pytest "$SRC/tests" -q -p no:cacheprovider $XDIST \
-  --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
+SELECT=()
+if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "cuda or raw_ops"); fi
+DAVAE_REQUIRE_EXT=1 timeout 240 $PY -m pytest "$SRC/tests" -q -p no:cacheprovider $XDIST "${SELECT[@]}" \
+  --durations=15 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
 test_rc=$?
 tail -15 "$OUT/tests.log"
 echo "tests rc=$test_rc ($(( $(date +%s) - start )) s)"
 
 echo "== benchmarks =="
+if [ "${QUICK:-0}" = 1 ]; then
+  timeout 60 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider \
+    -k "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" \
+    --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
+  $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
+    --bench "$OUT/bench.json" --rc build=$build_rc tests=$test_rc --seconds $(( $(date +%s) - start ))
+  exit 0
+fi
 timeout 200 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and not compile and (patch_embed or not bwd)" \
   --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
 bench_rc=$?

@@ -36,6 +36,7 @@ constexpr int BN = 128;  // hidden units per block tile
 constexpr int BK = 32;   // K slice
 constexpr int kHalfRows = BM / 2;
 constexpr int LDC = BN + 4;  // float staging tile row stride (multiple of 4 for WMMA stores)
+constexpr int kMaxTableK = 1024;  // K up to this uses a per-block column table in shared memory
 
 template <typename T>
 struct Tile {
@@ -103,6 +104,21 @@ __global__ void __launch_bounds__(kThreads, 2)
     token_off = static_cast<int>(tc.ty * p * W + tc.tx * p);
   }
 
+  // Column k of A: its offset inside one latent of the batch (times 2) plus 1 for detail. For
+  // K <= kMaxTableK the block computes the table once; every gathered element then costs one
+  // shared-memory broadcast instead of the index arithmetic.
+  __shared__ int col_table[kMaxTableK];
+  auto column_entry = [&](int k) {
+    const PatchColumn<int> pc = patch_column<int>(k, p);
+    const ChannelSource src = channel_source<int>(pc.ch, C, D, P.detail_first);
+    return ((static_cast<int>(src.channel) * HW + pc.py * W + pc.px) << 1) | (src.is_base ? 0 : 1);
+  };
+  const bool use_table = P.K <= kMaxTableK;
+  if (use_table) {
+    for (int k = tid; k < P.K; k += kThreads) col_table[k] = column_entry(k);
+  }
+  __syncthreads();
+
   // Register staging: the next K slice is loaded while the current one is multiplied.
   constexpr int kARegs = BM * BK / kThreads;
   constexpr int VW = kVecW ? vec16<T>() : 1;
@@ -117,10 +133,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int64_t k = k0 + kk_first + kColStep * i;
       T v = T(0);
       if (m_ok && k < P.K) {
-        const PatchColumn<int> pc = patch_column<int>(static_cast<int>(k), p);
-        const ChannelSource src = channel_source<int>(pc.ch, C, D, P.detail_first);
-        const int off = static_cast<int>(src.channel) * HW + pc.py * W + pc.px + token_off;
-        v = (src.is_base ? base_b : detail_b)[off];
+        const int entry = use_table ? col_table[k] : column_entry(static_cast<int>(k));
+        v = ((entry & 1) ? detail_b : base_b)[(entry >> 1) + token_off];
       }
       a_reg[i] = v;
     }
@@ -385,8 +399,8 @@ at::Tensor patch_embed_cuda(const at::Tensor& base, const at::Tensor& detail,
   const at::Tensor pos_c = has_pos ? pos_embed->contiguous() : at::Tensor();
   at::Tensor out = at::empty({s.B, s.T(), s.N}, base.options());
   if (out.numel() == 0) return out;
-  TORCH_CHECK(s.C * s.H * s.W < (int64_t{1} << 31) && s.D * s.H * s.W < (int64_t{1} << 31),
-              "detail_patch_embed: one latent of the batch must have fewer than 2^31 elements");
+  TORCH_CHECK(s.C * s.H * s.W < (int64_t{1} << 30) && s.D * s.H * s.W < (int64_t{1} << 30),
+              "detail_patch_embed: one latent of the batch must have fewer than 2^30 elements");
 
   DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_patch_embed_cuda", [&] {
     const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
