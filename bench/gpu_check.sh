@@ -41,7 +41,7 @@ echo "== tests =="
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
 SELECT=()
 if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "cuda or raw_ops"); fi
-DAVAE_REQUIRE_EXT=1 timeout 240 $PY -m pytest "$SRC/tests" -q -p no:cacheprovider $XDIST "${SELECT[@]}" \
+DAVAE_REQUIRE_EXT=1 timeout ${TEST_TIMEOUT:-240} $PY -m pytest "$SRC/tests" -q -p no:cacheprovider $XDIST "${SELECT[@]}" \
   --durations=15 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
 test_rc=$?
 tail -15 "$OUT/tests.log"
