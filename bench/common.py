@@ -114,18 +114,17 @@ def cuda_peak_bytes(fn) -> int:
 
 
 def cpu_peak_bytes(fn) -> int:
-    """Peak of the CPU allocations made during one fn() call (from the profiler's memory events)."""
+    """Peak of the CPU memory allocated during one fn() call, from the profiler's memory events:
+    the running sum, in start-time order, of each event's own (self) allocations minus frees.
+    Op-granular: an allocation freed inside the same op does not count toward the peak."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0 and e.name == "[memory]"),
-        key=lambda e: e.time_range.start,
-    )
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
     current = peak = 0
     for e in events:
-        current += e.cpu_memory_usage
+        current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 
