@@ -2,16 +2,17 @@
 //
 // Forward: one kernel. A block owns a 128-token x 128-hidden output tile. For each 32-wide slice
 // of K = (C+D) p^2 it gathers the A tile straight from base and detail (the concatenated latent
-// never exists; a per-slice column table holds each column's source and offset, from
-// index_math.h) and the matching weight tile into shared memory, and multiplies:
+// never exists; a per-block column table holds each column's source and offset, from
+// index_math.h) and the matching weight tile through registers into shared memory (the next
+// slice's loads are in flight while the current slice is multiplied), and multiplies:
 //   - float16 / bfloat16: tensor cores through WMMA (16x16x16, float accumulators);
 //   - float32: FFMA on CUDA cores (exact float32 products, no TF32 rounding), 8x8 per thread.
 // The epilogue stages the float tile through shared memory (in two 64-row halves), adds bias and
 // the positional embedding, converts, and writes with 16-byte vector stores.
 //
 // Backward (not one kernel): d_pos_embed and d_bias come from one vectorised pass over dOut
-// (d_bias as a deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one cuBLAS GEMM whose
-// [M, K] result is scattered straight into d_base / d_detail (patches do not overlap: no col2im
+// (d_bias as a deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one
+// cuBLAS GEMM whose [M, K] result is scattered straight into d_base / d_detail (patches do not overlap: no col2im
 // accumulation); d_weight = dOut^T A is one cuBLAS GEMM on A re-gathered from base and detail.
 // dOut is read three times (pos/bias pass and the two GEMMs).
 #include <cuda_bf16.h>
