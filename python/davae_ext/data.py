@@ -1,0 +1,164 @@
+"""Image + caption datasets: any folder of captioned images, and the real photographs that
+scikit-image and scikit-learn ship (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ._cache import atomic_dir, cache_root, is_complete
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _read_captions(root: Path) -> dict[str, str]:
+    meta = root / "metadata.jsonl"
+    captions: dict[str, str] = {}
+    if meta.exists():
+        for line in meta.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                captions[row["file_name"]] = row.get("text", "")
+    return captions
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float (3, H, W) in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return arr.float() / 127.5 - 1.0
+
+
+def downsample_base(image: torch.Tensor) -> torch.Tensor:
+    """The base-resolution image of the paper: bicubic x1/2, no antialias, clamped to [-1, 1]."""
+    squeeze = image.dim() == 3
+    x = image.unsqueeze(0) if squeeze else image
+    h, w = x.shape[-2:]
+    x = F.interpolate(x, size=(h // 2, w // 2), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return x.squeeze(0) if squeeze else x
+
+
+class ImageCaptionFolder(Dataset):
+    """A folder of images with captions (``metadata.jsonl`` with ``file_name`` + ``text`` as in
+    diffusers' ImageFolder convention, or a ``.txt`` beside each image; neither: empty caption).
+
+    Items are dicts: ``pixel_values`` (3, R, R) in [-1, 1], ``caption``, ``file_name``, and with
+    ``return_base=True`` also ``base_pixel_values`` (3, R/2, R/2), the bicubic x1/2 image. Images
+    are resized so the short side is R, then centre- or randomly cropped, and flipped at random
+    with ``random_flip``. Unreadable files are skipped with one warning each (``skipped`` lists
+    them); a folder with no readable image raises ValueError.
+    """
+
+    def __init__(self, root, resolution: int, center_crop: bool = False, random_flip: bool = True,
+                 return_base: bool = False, seed: Optional[int] = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"ImageCaptionFolder: {self.root} is not a folder")
+        if resolution <= 0 or (return_base and resolution % 2):
+            raise ValueError(f"ImageCaptionFolder: 'resolution' must be a positive (even with return_base) int, got {resolution}")
+        self.resolution, self.center_crop, self.random_flip, self.return_base = resolution, center_crop, random_flip, return_base
+        self.rng = random.Random(seed)
+        captions = _read_captions(self.root)
+        self.items: list[tuple[Path, str]] = []
+        self.skipped: list[str] = []
+        for path in sorted(self.root.iterdir()):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                with Image.open(path) as im:
+                    im.convert("RGB").load()
+            except Exception as exc:  # corrupt, truncated, unreadable
+                self.skipped.append(path.name)
+                warnings.warn(f"ImageCaptionFolder: skipping unreadable image {path} ({type(exc).__name__}: {exc})")
+                continue
+            caption = captions.get(path.name)
+            if caption is None:
+                txt = path.with_suffix(".txt")
+                caption = txt.read_text().strip() if txt.exists() else ""
+            self.items.append((path, caption))
+        if not self.items:
+            raise ValueError(f"ImageCaptionFolder: no readable images in {self.root}"
+                             + (f" (skipped {len(self.skipped)} unreadable)" if self.skipped else ""))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _crop(self, img: Image.Image) -> Image.Image:
+        R = self.resolution
+        w, h = img.size
+        scale = R / min(w, h)
+        img = img.resize((max(R, round(w * scale)), max(R, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        if self.center_crop:
+            left, top = (w - R) // 2, (h - R) // 2
+        else:
+            left, top = self.rng.randint(0, w - R), self.rng.randint(0, h - R)
+        return img.crop((left, top, left + R, top + R))
+
+    def __getitem__(self, index: int) -> dict:
+        path, caption = self.items[index]
+        with Image.open(path) as im:
+            img = self._crop(im.convert("RGB"))
+        if self.random_flip and self.rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = _to_tensor(img)
+        item = {"pixel_values": pixels, "caption": caption, "file_name": path.name}
+        if self.return_base:
+            item["base_pixel_values"] = downsample_base(pixels)
+        return item
+
+
+# The colour photographs shipped inside scikit-image and scikit-learn, with hand-written captions.
+PHOTOS = {
+    "astronaut": ("skimage", "astronaut.png", "a smiling astronaut in a white spacesuit holding a helmet, with a flag behind her"),
+    "chelsea": ("skimage", "chelsea.png", "a ginger tabby cat looking to the side"),
+    "coffee": ("skimage", "coffee.png", "a cup of coffee on a saucer with a spoon, seen from above"),
+    "hubble": ("skimage", "hubble_deep_field.jpg", "a deep field of distant galaxies in black space"),
+    "ihc": ("skimage", "ihc.png", "a microscope slide of stained tissue in brown and blue"),
+    "motorcycle_left": ("skimage", "motorcycle_left.png", "a red and black motorcycle parked indoors"),
+    "motorcycle_right": ("skimage", "motorcycle_right.png", "a motorcycle parked in a garage, seen from the right"),
+    "retina": ("skimage", "retina.jpg", "an orange photograph of a human retina with blood vessels"),
+    "rocket": ("skimage", "rocket.jpg", "a rocket on the launch pad under a blue sky"),
+    "china": ("sklearn", "china.jpg", "a chinese temple with a red roof among green trees"),
+    "flower": ("sklearn", "flower.jpg", "a pink flower with a yellow centre on a dark background"),
+}
+EVAL_PHOTOS = ("motorcycle_right", "flower")  # fixed held-out split
+PHOTOS_VERSION = "photos-v1"
+
+
+def _photo_source(package: str, name: str) -> Path:
+    if package == "skimage":
+        import skimage
+
+        return Path(skimage.__file__).parent / "data" / name
+    import sklearn
+
+    return Path(sklearn.__file__).parent / "datasets" / "images" / name
+
+
+def sample_photos(split: str = "train") -> Path:
+    """A folder (in the user cache) holding the shipped photos of ``split`` ("train", "eval" or
+    "all") as PNGs with a ``metadata.jsonl``, ready for :class:`ImageCaptionFolder`."""
+    splits = {"train": [k for k in PHOTOS if k not in EVAL_PHOTOS], "eval": list(EVAL_PHOTOS), "all": list(PHOTOS)}
+    if split not in splits:
+        raise ValueError(f"sample_photos: 'split' must be one of {tuple(splits)}, got {split!r}")
+    folder = cache_root() / PHOTOS_VERSION / split
+    if is_complete(folder):
+        return folder
+    with atomic_dir(folder) as tmp:
+        with open(tmp / "metadata.jsonl", "w") as meta:
+            for key in splits[split]:
+                package, name, caption = PHOTOS[key]
+                with Image.open(_photo_source(package, name)) as im:
+                    im.convert("RGB").save(tmp / f"{key}.png")
+                meta.write(json.dumps({"file_name": f"{key}.png", "text": caption}) + "\n")
+    return folder

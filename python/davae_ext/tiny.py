@@ -1,0 +1,304 @@
+"""The embedded default model: a tiny SD3.5-Medium-architecture pipeline, built and briefly
+pretrained here on the photos that scikit-image / scikit-learn ship, fully offline.
+
+    python -m davae_ext.tiny [--output-dir DIR] [--quick] [--force]
+
+Architecture (SD3.5-M at toy width): ``AutoencoderKL`` with 16 latent channels and spatial factor
+8 (SD3-style: shift/scaling factors, no quant convs); ``SD3Transformer2DModel`` with patch size 2,
+qk RMS norm and a dual-attention layer; CLIP-L-like and CLIP-G-like
+``CLIPTextModelWithProjection`` and a T5 encoder with tokenizers built here (a character-level
+CLIP BPE vocabulary, a Unigram T5 vocabulary trained on the captions); and a
+``FlowMatchEulerDiscreteScheduler``. The VAE is trained for reconstruction (L1 + KL) on random
+crops, then the transformer with the rectified-flow objective on VAE latents of the photos with
+their captions. Seeds are fixed; the result is cached per version string and written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._cache import atomic_dir, cache_root, is_complete
+from .data import ImageCaptionFolder, sample_photos
+
+VERSION = "tiny-sd35-v1"
+
+
+@dataclass
+class TinyRecipe:
+    resolution: int = 128  # image size the transformer is trained at (latent 16 x 16)
+    vae_crop: int = 64
+    vae_steps: int = 500
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    transformer_steps: int = 500
+    transformer_batch: int = 8
+    transformer_lr: float = 5e-4
+    transformer_layers: int = 3
+    crops_per_photo: int = 6
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "TinyRecipe":
+        return cls(vae_steps=40, transformer_steps=25, transformer_layers=2, crops_per_photo=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers, built offline
+# ----------------------------------------------------------------------------------------------
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable-character table of GPT-2 / CLIP BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def build_clip_tokenizer(folder: Path):
+    """A character-level CLIP BPE tokenizer (every byte, alone and word-final; no merges)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def build_t5_tokenizer(captions: list[str], folder: Path, vocab_size: int = 200):
+    """A Unigram (SentencePiece-style) T5 tokenizer trained on the captions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(captions * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.save(str(folder / "tokenizer.json"))
+    return T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="</s>", pad_token="<pad>",
+                           unk_token="<unk>", extra_ids=0, model_max_length=512)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+CLIP_L, CLIP_G, T5_DIM = 32, 64, 96  # T5 width >= CLIP-L + CLIP-G widths (SD3 pads CLIP to T5)
+
+
+def build_text_encoders(clip_vocab: int, t5_vocab: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def clip(hidden):
+        cfg = CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=2,
+                             num_hidden_layers=2, vocab_size=clip_vocab, projection_dim=hidden,
+                             max_position_embeddings=77, bos_token_id=clip_vocab - 2, eos_token_id=clip_vocab - 1,
+                             pad_token_id=clip_vocab - 1)
+        return CLIPTextModelWithProjection(cfg)
+
+    t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=T5_DIM, d_kv=16, d_ff=2 * T5_DIM, num_layers=2,
+                                 num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0,
+                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    return clip(CLIP_L), clip(CLIP_G), t5
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64), sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0, scaling_factor=1.0,
+    )
+
+
+def build_transformer(layers: int):
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=layers, attention_head_dim=16,
+        num_attention_heads=4, joint_attention_dim=T5_DIM, caption_projection_dim=64,
+        pooled_projection_dim=CLIP_L + CLIP_G, pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1]."""
+    mse = F.mse_loss((a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _batches(dataset, batch: int, steps: int, generator: torch.Generator):
+    n = len(dataset)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=generator).tolist()
+        items = [dataset[i] for i in idx]
+        yield torch.stack([it["pixel_values"] for it in items]), [it["caption"] for it in items]
+
+
+def train_vae(vae, recipe: TinyRecipe, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(recipe.seed)
+    data = ImageCaptionFolder(sample_photos("train"), recipe.vae_crop, seed=recipe.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.vae_steps, 1))
+    vae.train()
+    losses = []
+    for x, _ in tqdm(_batches(data, recipe.vae_batch, recipe.vae_steps, gen), total=recipe.vae_steps,
+                     desc="tiny VAE", disable=not progress):
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        rec = vae.decode(z).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval()
+    # Quality on the held-out photos, centre crops at the transformer's resolution.
+    held_out = ImageCaptionFolder(sample_photos("eval"), recipe.resolution, center_crop=True, random_flip=False)
+    with torch.no_grad():
+        x = torch.stack([held_out[i]["pixel_values"] for i in range(len(held_out))])
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    return {"vae_loss": losses, "vae_psnr_heldout_db": psnr(rec, x)}
+
+
+def _latent_set(vae, recipe: TinyRecipe, gen: torch.Generator):
+    data = ImageCaptionFolder(sample_photos("train"), recipe.resolution, seed=recipe.seed)
+    images, captions = [], []
+    for _ in range(recipe.crops_per_photo):
+        for i in range(len(data)):
+            item = data[i]
+            images.append(item["pixel_values"])
+            captions.append(item["caption"])
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(torch.stack(images[i:i + 16])).latent_dist.mode()
+                             for i in range(0, len(images), 16)])
+    return latents, captions
+
+
+def train_transformer(pipe, recipe: TinyRecipe, progress: bool) -> dict:
+    """Rectified flow (x_t = (1 - s) x0 + s eps, target eps - x0) with logit-normal sigmas, on
+    SD3-normalised latents of the photos, conditioned on their captions (10% dropped)."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    vae, transformer = pipe.vae, pipe.transformer
+    latents, captions = _latent_set(vae, recipe, gen)
+    # SD3-style latent normalisation from the data: shift = mean, scale = 1 / std.
+    shift, std = latents.mean().item(), latents.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    latents = (latents - shift) / std
+    with torch.no_grad():
+        uniq = sorted(set(captions)) + [""]
+        embeds, pooled = pipe.encode_prompt(uniq, uniq, uniq, do_classifier_free_guidance=False)[::2]
+    index = {c: i for i, c in enumerate(uniq)}
+    opt = torch.optim.AdamW(transformer.parameters(), lr=recipe.transformer_lr, weight_decay=0.0)
+    transformer.train()
+    losses = []
+    for _ in tqdm(range(recipe.transformer_steps), desc="tiny SD3 transformer", disable=not progress):
+        idx = torch.randint(0, len(latents), (recipe.transformer_batch,), generator=gen)
+        x0 = latents[idx]
+        keys = [index[captions[i]] if torch.rand((), generator=gen) > 0.1 else index[""] for i in idx.tolist()]
+        sigma = torch.sigmoid(torch.randn(len(idx), generator=gen)).view(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = (1 - sigma) * x0 + sigma * noise
+        pred = transformer(xt, embeds[keys], pooled[keys], sigma.flatten() * 1000).sample
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    transformer.eval()
+    return {"transformer_loss": losses, "latent_shift_factor": shift, "latent_scaling_factor": 1.0 / std}
+
+
+# ----------------------------------------------------------------------------------------------
+# Build
+# ----------------------------------------------------------------------------------------------
+def _assemble(recipe: TinyRecipe, workdir: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    captions = [json.loads(line)["text"] for line in (sample_photos("all") / "metadata.jsonl").read_text().splitlines()]
+    clip_tok = build_clip_tokenizer(workdir / "_tok_clip")
+    t5_tok = build_t5_tokenizer(captions, workdir / "_tok_t5")
+    clip_l, clip_g, t5 = build_text_encoders(len(clip_tok), len(t5_tok))
+    return StableDiffusion3Pipeline(
+        transformer=build_transformer(recipe.transformer_layers), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=build_vae(), text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g, tokenizer_2=clip_tok,
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    )
+
+
+def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool = False,
+                    progress: bool = True, recipe: Optional[TinyRecipe] = None) -> Path:
+    """Build (or reuse) the tiny pretrained SD3.5-architecture pipeline; returns its folder.
+
+    ``path=None`` caches it in the user cache folder under a version key (``-quick`` for the
+    quick recipe). A folder without its completion marker (a killed build) is rebuilt."""
+    recipe = recipe or (TinyRecipe.quick() if quick else TinyRecipe())
+    folder = Path(path) if path else cache_root() / (VERSION + ("-quick" if quick else ""))
+    if is_complete(folder) and not force:
+        return folder
+    start = time.time()
+    torch.manual_seed(recipe.seed)
+    with atomic_dir(folder) as tmp:
+        pipe = _assemble(recipe, tmp)
+        log = {"version": VERSION, "recipe": asdict(recipe)}
+        log.update(train_vae(pipe.vae, recipe, progress))
+        log.update(train_transformer(pipe, recipe, progress))
+        pipe.save_pretrained(tmp)
+        for scratch in ("_tok_clip", "_tok_t5"):
+            for f in (tmp / scratch).iterdir():
+                f.unlink()
+            (tmp / scratch).rmdir()
+        log["seconds"] = time.time() - start
+        (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
+    if progress:
+        t = log["transformer_loss"]
+        head = sum(t[:5]) / max(len(t[:5]), 1)
+        tail = sum(t[-5:]) / max(len(t[-5:]), 1)
+        print(f"tiny SD3.5 pipeline at {folder}: VAE held-out PSNR {log['vae_psnr_heldout_db']:.1f} dB, "
+              f"flow loss {head:.3f} -> {tail:.3f}, {log['seconds']:.0f} s")
+    return folder
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m davae_ext.tiny", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=None,
+                        help="where to write the pipeline folder (default: the user cache, reused if complete)")
+    parser.add_argument("--quick", action="store_true", help="the under-a-minute recipe used by the tests (default: off)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a complete folder exists (default: off)")
+    args = parser.parse_args(argv)
+    build_tiny_sd35(args.output_dir, quick=args.quick, force=args.force)
+
+
+if __name__ == "__main__":
+    main()
