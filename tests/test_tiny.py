@@ -37,6 +37,7 @@ def test_quick_pipeline_loads_and_generates(quick_pipeline):
     assert image.shape == (64, 96, 3)
     log = json.loads((quick_pipeline / "training_log.json").read_text())
     assert log["vae_psnr_heldout_db"] > 0 and len(log["transformer_loss"]) == tiny.TinyRecipe.quick().transformer_steps
+    assert (quick_pipeline / "training_loss.png").stat().st_size > 0
 
 
 def test_second_call_reuses_the_cache(quick_pipeline):
