@@ -56,3 +56,10 @@ def test_metadata_jsonl_captions(tmp_path):
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no readable images"):
         ImageCaptionFolder(tmp_path, 16)
+
+
+def test_in_memory_cache_gives_the_same_items():
+    plain = ImageCaptionFolder(sample_photos("train"), 48, seed=3)
+    cached = ImageCaptionFolder(sample_photos("train"), 48, seed=3, cache_in_memory=True)
+    for i in range(2 * len(plain)):
+        assert torch.equal(plain[i % len(plain)]["pixel_values"], cached[i % len(cached)]["pixel_values"])

@@ -55,11 +55,13 @@ class ImageCaptionFolder(Dataset):
     ``return_base=True`` also ``base_pixel_values`` (3, R/2, R/2), the bicubic x1/2 image. Images
     are resized so the short side is R, then centre- or randomly cropped, and flipped at random
     with ``random_flip``. Unreadable files are skipped with one warning each (``skipped`` lists
-    them); a folder with no readable image raises ValueError.
+    them); a folder with no readable image raises ValueError. ``cache_in_memory=True`` keeps each
+    decoded, resized image after its first use (for small folders read many times, such as the
+    shipped photos during the tiny model's training).
     """
 
     def __init__(self, root, resolution: int, center_crop: bool = False, random_flip: bool = True,
-                 return_base: bool = False, seed: Optional[int] = None):
+                 return_base: bool = False, seed: Optional[int] = None, cache_in_memory: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"ImageCaptionFolder: {self.root} is not a folder")
@@ -67,6 +69,7 @@ class ImageCaptionFolder(Dataset):
             raise ValueError(f"ImageCaptionFolder: 'resolution' must be a positive (even with return_base) int, got {resolution}")
         self.resolution, self.center_crop, self.random_flip, self.return_base = resolution, center_crop, random_flip, return_base
         self.rng = random.Random(seed)
+        self._resized: Optional[dict[int, Image.Image]] = {} if cache_in_memory else None
         captions = _read_captions(self.root)
         self.items: list[tuple[Path, str]] = []
         self.skipped: list[str] = []
@@ -92,11 +95,22 @@ class ImageCaptionFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _crop(self, img: Image.Image) -> Image.Image:
+    def _load_resized(self, index: int) -> Image.Image:
+        """The image with its short side resized to the resolution (deterministic, so cacheable)."""
+        if self._resized is not None and index in self._resized:
+            return self._resized[index]
         R = self.resolution
+        with Image.open(self.items[index][0]) as im:
+            img = im.convert("RGB")
         w, h = img.size
         scale = R / min(w, h)
         img = img.resize((max(R, round(w * scale)), max(R, round(h * scale))), Image.BICUBIC)
+        if self._resized is not None:
+            self._resized[index] = img
+        return img
+
+    def _crop(self, img: Image.Image) -> Image.Image:
+        R = self.resolution
         w, h = img.size
         if self.center_crop:
             left, top = (w - R) // 2, (h - R) // 2
@@ -106,8 +120,7 @@ class ImageCaptionFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, caption = self.items[index]
-        with Image.open(path) as im:
-            img = self._crop(im.convert("RGB"))
+        img = self._crop(self._load_resized(index))
         if self.random_flip and self.rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         pixels = _to_tensor(img)

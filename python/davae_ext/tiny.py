@@ -164,7 +164,7 @@ def train_vae(vae, recipe: TinyRecipe, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(recipe.seed)
-    data = ImageCaptionFolder(sample_photos("train"), recipe.vae_crop, seed=recipe.seed)
+    data = ImageCaptionFolder(sample_photos("train"), recipe.vae_crop, seed=recipe.seed, cache_in_memory=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.vae_steps, 1))
     vae.train()
@@ -191,7 +191,7 @@ def train_vae(vae, recipe: TinyRecipe, progress: bool) -> dict:
 
 
 def _latent_set(vae, recipe: TinyRecipe, gen: torch.Generator):
-    data = ImageCaptionFolder(sample_photos("train"), recipe.resolution, seed=recipe.seed)
+    data = ImageCaptionFolder(sample_photos("train"), recipe.resolution, seed=recipe.seed, cache_in_memory=True)
     images, captions = [], []
     for _ in range(recipe.crops_per_photo):
         for i in range(len(data)):
