@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import _validate, ops, reference
+from ._init import check_channels
 
 
 class LatentConcat(nn.Module):
@@ -31,8 +32,7 @@ class DetailProjection(nn.Module):
 
     def __init__(self, base_channels: int, fused: bool = True):
         super().__init__()
-        if not isinstance(base_channels, int) or base_channels <= 0:
-            raise ValueError(f"DetailProjection: 'base_channels' must be a positive int, got {base_channels!r}")
+        check_channels("DetailProjection", "base_channels", base_channels)
         self.base_channels = base_channels
         self.fused = fused
 
@@ -49,8 +49,7 @@ class DetailAlignLoss(nn.Module):
 
     def __init__(self, base_channels: int, reduction: str = "mean", fused: bool = True):
         super().__init__()
-        if not isinstance(base_channels, int) or base_channels <= 0:
-            raise ValueError(f"DetailAlignLoss: 'base_channels' must be a positive int, got {base_channels!r}")
+        check_channels("DetailAlignLoss", "base_channels", base_channels)
         _validate.reduction_code("DetailAlignLoss", reduction)
         self.base_channels = base_channels
         self.reduction = reduction
