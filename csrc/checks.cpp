@@ -161,11 +161,16 @@ PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::T
   return ps;
 }
 
-void check_patch_grad(const at::Tensor& grad, const PatchShape& s, const at::Tensor& like) {
+PatchShape check_patch_embed_backward(const at::Tensor& grad, const at::Tensor& base,
+                                      const at::Tensor& detail, const at::Tensor& weight,
+                                      int64_t patch_size) {
   const char* op = "detail_patch_embed_backward";
+  const PatchShape s =
+      check_patch_embed(op, base, detail, weight, std::nullopt, std::nullopt, patch_size);
   check_defined_float(op, "grad", grad);
-  check_same(op, "grad", grad, "base", like);
+  check_same(op, "grad", grad, "base", base);
   check_shape(op, "grad", grad, {s.B, s.T(), s.N}, " ([B, tokens, hidden])");
+  return s;
 }
 
 }  // namespace davae

@@ -448,9 +448,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
     const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
     const at::Tensor& weight, int64_t patch_size, bool detail_first,
     std::array<bool, 4> output_mask) {
-  const PatchShape s = check_patch_embed("detail_patch_embed_backward", base, detail, weight,
-                                         std::nullopt, std::nullopt, patch_size);
-  check_patch_grad(grad, s, base);
+  const PatchShape s = check_patch_embed_backward(grad, base, detail, weight, patch_size);
   const c10::cuda::CUDAGuard guard(base.device());
   const auto [need_input, need_weight, need_bias, need_pos] = output_mask;
   const int64_t M = s.M(), K = s.K(), N = s.N, T_ = s.T();

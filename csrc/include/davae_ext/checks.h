@@ -52,7 +52,10 @@ PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::T
                              const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& pos_embed, int64_t patch_size);
 
-void check_patch_grad(const at::Tensor& grad, const PatchShape& s, const at::Tensor& like);
+// The inputs of detail_patch_embed_backward: the forward's checks (no bias / pos) plus grad.
+PatchShape check_patch_embed_backward(const at::Tensor& grad, const at::Tensor& base,
+                                      const at::Tensor& detail, const at::Tensor& weight,
+                                      int64_t patch_size);
 
 // Same dtype and device as `ref`.
 void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
