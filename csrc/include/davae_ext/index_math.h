@@ -20,16 +20,6 @@
 
 namespace davae {
 
-// Where the base and detail channels start inside the concatenated latent.
-struct ConcatLayout {
-  int64_t base_offset;
-  int64_t detail_offset;
-};
-
-DAVAE_HD ConcatLayout concat_layout(int64_t C, int64_t D, bool detail_first) {
-  return detail_first ? ConcatLayout{D, 0} : ConcatLayout{0, C};
-}
-
 // Channel `ch` of the concatenated latent: which input it comes from and its channel there.
 struct ChannelSource {
   bool is_base;
@@ -78,23 +68,6 @@ DAVAE_HD PatchColumn<I> patch_column(I k, I p) {
   const I rem = k - ch * pp;
   const I py = rem / p;
   return PatchColumn<I>{ch, py, rem - py * p};
-}
-
-// Offset of element (token m, column k) inside its source tensor (base or detail, NCHW
-// contiguous with `src_channels` channels). `is_base` says which source.
-template <typename I>
-DAVAE_HD I patch_source_offset(I m, I k, I C, I D, I H, I W, I p, bool detail_first,
-                               bool* is_base) {
-  const I Wp = W / p;
-  const I T = (H / p) * Wp;
-  const TokenCoord<I> tc = token_coord(m, T, Wp);
-  const PatchColumn<I> pc = patch_column(k, p);
-  const ChannelSource src = channel_source<I>(pc.ch, C, D, detail_first);
-  *is_base = src.is_base;
-  const I src_channels = src.is_base ? C : D;
-  const I y = tc.ty * p + pc.py;
-  const I x = tc.tx * p + pc.px;
-  return ((tc.b * src_channels + static_cast<I>(src.channel)) * H + y) * W + x;
 }
 
 // Reductions of the alignment loss, numbered like at::Reduction.
