@@ -27,24 +27,22 @@ if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; fi
 # Run from outside the source tree so the installed package (not python/) is imported.
 cd /tmp
 SRC="$OLDPWD"
-echo "== an error raised by a C++ host check reaches Python =="
-timeout 60 $PY -c "
-import torch, davae_ext
-try:
-    torch.ops.davae_ext.latent_concat(torch.randn(2, 4, 6, 6), torch.randn(3, 12, 6, 6), False)
-except ValueError as e:
-    print('OK:', str(e).splitlines()[0])
-" 2>&1 | tail -3
+echo "== raw-op bad input: each case in its own process (a crash gets a backtrace) =="
+timeout 90 $PY "$SRC/bench/gpu_crash_probe.py" --out "$OUT/crash_probe.json" 2>&1 | tail -40
+echo "probe done ($(( $(date +%s) - start )) s)"
 
-echo "== tests =="
-# pytest-xdist (when present) runs the tests in workers: faster, and a crash fails one test only.
+echo "== CUDA tests =="
+# The CPU cases run in CI; here the CUDA parametrisations and the raw-op host checks. pytest-xdist
+# (when present) runs them in 8 workers of 2 threads each (16 threads per worker oversubscribed
+# the CPU float64 references), and a crash fails one test only. SIGINT at the time limit still
+# writes the JUnit report of what ran.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-SELECT=()
-if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "cuda or raw_ops"); fi
-DAVAE_REQUIRE_EXT=1 timeout ${TEST_TIMEOUT:-240} $PY -m pytest "$SRC/tests" -q -p no:cacheprovider $XDIST "${SELECT[@]}" \
-  --durations=15 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
+SELECT=(-k "cuda or raw_ops")
+if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "cuda and not compile"); fi
+OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 timeout -s INT ${TEST_TIMEOUT:-140} $PY -m pytest "$SRC/tests" -q -p no:cacheprovider \
+  $XDIST "${SELECT[@]}" --durations=25 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
 test_rc=$?
-tail -15 "$OUT/tests.log"
+tail -40 "$OUT/tests.log"
 echo "tests rc=$test_rc ($(( $(date +%s) - start )) s)"
 
 echo "== benchmarks =="
@@ -53,19 +51,19 @@ if [ "${QUICK:-0}" = 1 ]; then
     -k "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" \
     --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
   $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
-    --bench "$OUT/bench.json" --rc build=$build_rc tests=$test_rc --seconds $(( $(date +%s) - start ))
+    --bench "$OUT/bench.json" --probe "$OUT/crash_probe.json" --rc build=$build_rc tests=$test_rc --seconds $(( $(date +%s) - start ))
   exit 0
 fi
-timeout 200 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and not compile and (patch_embed or not bwd)" \
+timeout ${BENCH_TIMEOUT:-100} $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and not compile and (patch_embed or not bwd)" \
   --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
 bench_rc=$?
 echo "bench rc=$bench_rc ($(( $(date +%s) - start )) s)"
-timeout 150 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and compile and (patch_embed or not bwd)" \
+timeout ${COMPILE_TIMEOUT:-60} $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and compile and (patch_embed or not bwd)" \
   --benchmark-json="$OUT/bench_compile.json" -o addopts="" > "$OUT/bench_compile.log" 2>&1
 compile_rc=$?
 echo "bench (torch.compile providers) rc=$compile_rc ($(( $(date +%s) - start )) s)"
 
 $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
   --bench "$OUT/bench.json" "$OUT/bench_compile.json" \
-  --rc build=$build_rc tests=$test_rc bench=$bench_rc bench_compile=$compile_rc \
+  --probe "$OUT/crash_probe.json" --rc build=$build_rc tests=$test_rc bench=$bench_rc bench_compile=$compile_rc \
   --seconds $(( $(date +%s) - start ))

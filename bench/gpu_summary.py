@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--junit", required=True, help="pytest JUnit XML")
     parser.add_argument("--bench", nargs="*", default=[], help="pytest-benchmark JSON files")
     parser.add_argument("--rc", nargs="*", default=[], help="step=exit-code pairs")
+    parser.add_argument("--probe", default=None, help="crash-probe JSON (bench/gpu_crash_probe.py)")
     parser.add_argument("--seconds", type=int, default=None, help="wall time of the whole check")
     args = parser.parse_args()
 
@@ -90,6 +91,10 @@ def main() -> None:
         "ratios": ratios,
         "benchmarks": rows,
     }
+    if args.probe and os.path.exists(args.probe):
+        with open(args.probe) as f:
+            probe = json.load(f)
+        summary["raw_op_crash_probe"] = {k: probe.get(k) for k in ("cases", "crashed", "not_raised")}
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1)
     t = summary["tests"]
