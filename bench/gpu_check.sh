@@ -3,7 +3,7 @@
 # benchmarks, and write a JSON summary.
 #
 #   bash bench/gpu_check.sh OUTDIR
-#   QUICK=1 bash bench/gpu_check.sh OUTDIR   # CUDA tests of the riskiest ops + one forward benchmark
+#   QUICK=1 bash bench/gpu_check.sh OUTDIR   # host checks + CUDA patch-embed tests + one forward benchmark
 #
 # For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
 # pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
@@ -23,10 +23,12 @@ DAVAE_CUDA=ON DAVAE_CUDA_ARCHS="$arch" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
 build_rc=$?
 echo "build rc=$build_rc ($(( $(date +%s) - start )) s)"
 if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; fi
+grep -i "libstdc++\|CXX compiler identification" "$OUT/build.log" | head -5
 
 # Run from outside the source tree so the installed package (not python/) is imported.
 cd /tmp
 SRC="$OLDPWD"
+ldd "$($PY -c 'import davae_ext._C as c; print(c.__file__)')" | grep -i "stdc++"
 echo "== raw-op bad input: each case in its own process (a crash gets a backtrace) =="
 timeout 90 $PY "$SRC/bench/gpu_crash_probe.py" --out "$OUT/crash_probe.json" 2>&1 | tail -40
 echo "probe done ($(( $(date +%s) - start )) s)"
@@ -38,9 +40,9 @@ echo "== CUDA tests =="
 # writes the JUnit report of what ran.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
 SELECT=(-k "cuda or raw_ops")
-if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "cuda and not compile"); fi
+if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "raw_ops or libstdcxx or (cuda and patch_embed and not compile)"); fi
 OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 timeout -s INT ${TEST_TIMEOUT:-140} $PY -m pytest "$SRC/tests" -q -p no:cacheprovider \
-  $XDIST "${SELECT[@]}" --durations=25 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
+  $XDIST "${SELECT[@]}" -rs --durations=25 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
 test_rc=$?
 tail -40 "$OUT/tests.log"
 echo "tests rc=$test_rc ($(( $(date +%s) - start )) s)"

@@ -19,3 +19,17 @@ if os.path.isdir(nvidia):
         if os.path.isdir(inc):
             includes.append(inc)
 print("TORCH_NVIDIA_INCLUDES=" + "|".join(includes))
+# The libstdc++ this process (and so torch) runs with: the extension must use that same shared
+# library rather than carry a static copy (two copies of the locale machinery crash when a check
+# formats a number into an error message).
+libstdcxx = ""
+try:
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if os.path.basename(path).startswith("libstdc++.so"):
+                libstdcxx = path
+                break
+except OSError:
+    pass
+print(f"TORCH_LIBSTDCXX={libstdcxx}")

@@ -10,6 +10,7 @@ import torch
 
 import davae_ext
 from davae_ext import ops, reference
+from conftest import require_ext
 
 
 def test_build_info_keys():
@@ -27,6 +28,24 @@ def test_extension_really_loaded_when_required():
     assert info["extension_loaded"], info["load_error"]
     assert info["torch_built_against"] == torch.__version__
     assert torch._C._dispatch_has_kernel_for_dispatch_key("davae_ext::detail_patch_embed", "CPU")
+
+
+def test_extension_does_not_carry_its_own_libstdcxx():
+    """A static copy of libstdc++ inside the extension (a compiler with only libstdc++.a, or
+    -static-libstdc++) crashed the process when a host check formatted its error message; the
+    build links torch's shared libstdc++ instead. std::locale's members must not be defined here."""
+    require_ext()
+    import shutil
+
+    from davae_ext import _C
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not installed")
+    defined = subprocess.run([nm, "--defined-only", "-D", _C.__file__], capture_output=True, text=True, check=True).stdout
+    symtab = subprocess.run([nm, "--defined-only", _C.__file__], capture_output=True, text=True).stdout
+    own = [line for line in (defined + symtab).splitlines() if "_ZNSt6locale" in line]
+    assert not own, f"{_C.__file__} defines libstdc++'s std::locale: {own[:3]}"
 
 
 def test_use_backend_restores_and_validates():

@@ -14,7 +14,7 @@ SHAPES = [  # (B, C, D, H, W, p, hidden)
     (2, 4, 12, 8, 36, 4, 24),
     (1, 16, 16, 66, 66, 2, 96),
     (2, 16, 16, 34, 34, 2, 200),  # two hidden tiles on CUDA, vector epilogue
-    (2, 16, 16, 32, 32, 2, 64),  # T = 256, a multiple of the CUDA token tile: batch-innermost tiles
+    (2, 16, 16, 32, 32, 2, 64),  # T = 256: token tiles never straddle two batch elements
     (1, 3, 6, 10, 14, 2, 130),  # K = 36: a partial K slice; hidden not a multiple of 8
 ]
 EPILOGUES = ["bias+pos", "none", "bias", "pos"]

@@ -8,10 +8,7 @@
 //   - float16 / bfloat16: tensor cores through WMMA (16x16x16, float accumulators);
 //   - float32: FFMA on CUDA cores (exact float32 products, no TF32 rounding), 8x8 per thread.
 // The epilogue stages the float tile through shared memory (in two 64-row halves), adds bias and
-// the positional embedding (all of a thread's loads issued before its first store), converts,
-// and writes with 16-byte vector stores. When T is a multiple of the token tile, token tiles are
-// launched batch-innermost, so the B tiles adding the same pos_embed rows run together and the
-// positional embedding is read from DRAM about once rather than B times.
+// the positional embedding, converts, and writes with 16-byte vector stores.
 //
 // Backward (not one kernel): d_pos_embed and d_bias come from one vectorised pass over dOut
 // (d_bias as a deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one
@@ -68,11 +65,8 @@ struct WmmaType<c10::BFloat16> {
 };
 
 struct FwdParams {
-  int64_t M, N, K, T, C, D, H, W, p, Wp, B;
+  int64_t M, N, K, T, C, D, H, W, p, Wp;
   bool detail_first, has_bias, has_pos, vec_out;
-  // T % BM == 0 (no tile straddles two batch elements): token tiles are ordered batch-innermost,
-  // so the B tiles that add the same rows of pos_embed run together and read them from L2.
-  bool batch_inner;
 };
 
 template <typename T, bool kVecW>
@@ -89,8 +83,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   const int tid = threadIdx.x;
   const int64_t n0 = int64_t(blockIdx.x) * BN;
-  int64_t m0 = int64_t(blockIdx.y) * BM;
-  if (P.batch_inner) m0 = (blockIdx.y % P.B) * P.T + (blockIdx.y / P.B) * BM;
+  const int64_t m0 = int64_t(blockIdx.y) * BM;
   // Offsets inside one latent of the batch fit in int (checked on the host).
   const int W = static_cast<int>(P.W), HW = static_cast<int>(P.H * P.W);
   const int p = static_cast<int>(P.p), C = static_cast<int>(P.C), D = static_cast<int>(P.D);
@@ -258,47 +251,39 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     __syncthreads();
-    if (P.vec_out) {
-      // Every thread owns kPer vectors of the half tile; all their bias / pos_embed loads are
-      // issued before the first store, so each thread has kPer loads in flight.
-      constexpr int kPer = kHalfRows * (BN / VEC) / kThreads;
-      V pv[kPer], bv[kPer];
-      bool ok[kPer];
+    for (int e = tid; e < kHalfRows * (BN / VEC); e += kThreads) {
+      const int row = e / (BN / VEC);
+      const int cv = e % (BN / VEC);
+      const int64_t mm = m0 + h * kHalfRows + row;
+      const int64_t n = n0 + cv * VEC;
+      if (mm >= P.M || n >= P.N) continue;
+      const float* c = Cs + row * LDC + cv * VEC;
+      const int64_t t = mm % P.T;
+      if (P.vec_out && n + VEC <= P.N) {
+        float v[VEC];
 #pragma unroll
-      for (int it = 0; it < kPer; ++it) {
-        const int e = tid + it * kThreads;
-        const int row = e / (BN / VEC), cv = e % (BN / VEC);
-        const int64_t mm = m0 + h * kHalfRows + row, n = n0 + cv * VEC;
-        ok[it] = mm < P.M && n < P.N;  // N % VEC == 0 here: the whole vector is inside
-        if (ok[it] && P.has_pos) pv[it] = *reinterpret_cast<const V*>(pos + (mm % P.T) * P.N + n);
-        if (ok[it] && P.has_bias) bv[it] = *reinterpret_cast<const V*>(bias + n);
-      }
+        for (int i = 0; i < VEC; ++i) v[i] = c[i];
+        if (P.has_bias) {
+          const V bv = *reinterpret_cast<const V*>(bias + n);
 #pragma unroll
-      for (int it = 0; it < kPer; ++it) {
-        if (!ok[it]) continue;
-        const int e = tid + it * kThreads;
-        const int row = e / (BN / VEC), cv = e % (BN / VEC);
-        const int64_t mm = m0 + h * kHalfRows + row, n = n0 + cv * VEC;
-        const float* c = Cs + row * LDC + cv * VEC;
+          for (int i = 0; i < VEC; ++i) v[i] += to_float(bv.v[i]);
+        }
+        if (P.has_pos) {
+          const V pv = *reinterpret_cast<const V*>(pos + t * P.N + n);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) v[i] += to_float(pv.v[i]);
+        }
         V o;
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          float v = c[i];
-          if (P.has_bias) v += to_float(bv[it].v[i]);
-          if (P.has_pos) v += to_float(pv[it].v[i]);
-          o.v[i] = from_float<T>(v);
-        }
+        for (int i = 0; i < VEC; ++i) o.v[i] = from_float<T>(v[i]);
         *reinterpret_cast<V*>(out + mm * P.N + n) = o;
-      }
-    } else {
-      for (int e = tid; e < kHalfRows * BN; e += kThreads) {
-        const int row = e / BN, col = e % BN;
-        const int64_t mm = m0 + h * kHalfRows + row, n = n0 + col;
-        if (mm >= P.M || n >= P.N) continue;
-        float v = Cs[row * LDC + col];
-        if (P.has_bias) v += to_float(bias[n]);
-        if (P.has_pos) v += to_float(pos[(mm % P.T) * P.N + n]);
-        out[mm * P.N + n] = from_float<T>(v);
+      } else {
+        for (int i = 0; i < VEC && n + i < P.N; ++i) {
+          float v = c[i];
+          if (P.has_bias) v += to_float(bias[n + i]);
+          if (P.has_pos) v += to_float(pos[t * P.N + n + i]);
+          out[mm * P.N + n + i] = from_float<T>(v);
+        }
       }
     }
     __syncthreads();
@@ -423,8 +408,8 @@ at::Tensor patch_embed_cuda(const at::Tensor& base, const at::Tensor& detail,
     const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
     constexpr int kVec = vec16<scalar_t>();
-    FwdParams P{s.M(), s.N, s.K(), s.T(), s.C, s.D, s.H, s.W, s.p, s.Wp(), s.B, detail_first,
-                has_bias, has_pos, false, s.T() % BM == 0};
+    FwdParams P{s.M(), s.N, s.K(), s.T(), s.C, s.D, s.H, s.W, s.p, s.Wp(), detail_first, has_bias,
+                has_pos, false};
     P.vec_out = s.N % kVec == 0 && aligned16(op) && (!has_bias || aligned16(bp)) &&
                 (!has_pos || aligned16(pp));
     const dim3 grid(static_cast<unsigned>((s.N + BN - 1) / BN), static_cast<unsigned>((s.M() + BM - 1) / BM));
