@@ -122,3 +122,24 @@ def require_ext():
         if os.environ.get("DAVAE_REQUIRE_EXT") == "1":
             pytest.fail("DAVAE_REQUIRE_EXT=1 but the compiled extension is not loaded")
         pytest.skip("compiled extension not loaded")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A fresh cache folder for the session (DAVAE_CACHE) and an offline Hugging Face hub."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("davae_cache")
+    mp.setenv("DAVAE_CACHE", str(path))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def quick_pipeline(tiny_cache):
+    """The embedded tiny SD3.5 pipeline, quick recipe (built once per session, ~30 s)."""
+    for module in ("diffusers", "transformers", "skimage"):
+        pytest.importorskip(module)
+    from davae_ext import tiny
+
+    return tiny.build_tiny_sd35(quick=True, progress=False)

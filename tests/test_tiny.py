@@ -11,20 +11,6 @@ from davae_ext import tiny  # noqa: E402
 from davae_ext._cache import COMPLETE_MARKER  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAVAE_CACHE", str(tmp_path_factory.mktemp("davae_cache")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def quick_pipeline(cache):
-    return tiny.build_tiny_sd35(quick=True, progress=False)
-
-
 def test_quick_pipeline_loads_and_generates(quick_pipeline):
     from diffusers import StableDiffusion3Pipeline
 
@@ -47,7 +33,7 @@ def test_second_call_reuses_the_cache(quick_pipeline):
     assert marker.stat().st_mtime_ns == before
 
 
-def test_incomplete_cache_is_rebuilt(cache, tmp_path):
+def test_incomplete_cache_is_rebuilt(tiny_cache, tmp_path):
     folder = tmp_path / "half-written"
     folder.mkdir()
     (folder / "model_index.json").write_text("{ truncated")

@@ -95,6 +95,11 @@ class ImageCaptionFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def reseed(self, seed: int) -> None:
+        """Reset the crop / flip randomness (training scripts reseed per step, so a resumed run
+        sees the same crops as an uninterrupted one)."""
+        self.rng.seed(seed)
+
     def _load_resized(self, index: int) -> Image.Image:
         """The image with its short side resized to the resolution (deterministic, so cacheable)."""
         if self._resized is not None and index in self._resized:

@@ -1,0 +1,141 @@
+"""Pieces the training scripts share: deterministic per-step batches and noise (so a resumed run
+sees exactly what an uninterrupted one would), atomic checkpoints, a resumable CSV log, image
+grids and parameter fingerprints."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, rank, stream): the randomness of step n
+    is the same whether or not the run was interrupted before it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank * 131 + stream) % (2 ** 63))
+
+
+def batch_indices(n_items: int, global_batch: int, seed: int, step: int, rank: int, world: int) -> list[int]:
+    """This rank's share of step ``step``'s global batch (sampled with replacement)."""
+    if global_batch % world:
+        raise ValueError(f"the global batch {global_batch} must be a multiple of the process count {world}")
+    idx = torch.randint(0, n_items, (global_batch,), generator=step_generator(seed, step, stream=1)).tolist()
+    per = global_batch // world
+    return idx[rank * per:(rank + 1) * per]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(folder: os.PathLike, step: int, state: dict, keep: int = 2) -> Path:
+    """Write ``folder/step_<n>.pt`` atomically (temporary file, fsync, rename) and keep the
+    newest ``keep`` checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{step:07d}.pt"
+    tmp = folder / f".step_{step:07d}.pt.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(dict(state, step=step), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def list_checkpoints(folder: os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: os.PathLike) -> Optional[Path]:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: os.PathLike) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def trainable_state(model: torch.nn.Module) -> dict:
+    """The trainable parameters (the frozen ones come from the base model on resume)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def fingerprint(model: torch.nn.Module, trainable_only: bool = True) -> str:
+    """SHA-256 over the (trainable) parameters' bytes, in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if trainable_only and not p.requires_grad:
+            continue
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs and images
+# ----------------------------------------------------------------------------------------------
+class CSVLog:
+    """A CSV log with one row per step. On resume from step n, rows of steps >= n (written after
+    the checkpoint the run resumes from) are dropped, so the log equals an uninterrupted run's."""
+
+    def __init__(self, path: os.PathLike, fields: Sequence[str], resume_step: int = 0, enabled: bool = True):
+        self.path, self.fields, self.enabled = Path(path), list(fields), enabled
+        if not enabled:
+            return
+        rows = []
+        if resume_step > 0 and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
+
+    def column(self, name: str) -> list[float]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return [float(r[name]) for r in csv.DictReader(f) if r.get(name) not in (None, "")]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(path: os.PathLike, rows: Sequence[torch.Tensor], pad: int = 2) -> Path:
+    """Save a grid: each entry of ``rows`` is a [N, 3, H, W] batch in [-1, 1] drawn as one row
+    (all rows with the same N and size)."""
+    arrays = [to_uint8(r) for r in rows]
+    n, h, w = arrays[0].shape[0], arrays[0].shape[1], arrays[0].shape[2]
+    grid = np.full((len(arrays) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, arr in enumerate(arrays):
+        for j in range(n):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y:y + h, x:x + w] = arr[j]
+    Image.fromarray(grid).save(path)
+    return Path(path)

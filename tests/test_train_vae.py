@@ -1,0 +1,79 @@
+"""train/train_vae.py on the quick tiny pipeline: a short run and its outputs, resume equals an
+uninterrupted run, two CPU processes end with the same weights, and bad input fails first."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate")
+SCRIPT = str(Path(__file__).resolve().parents[1] / "train" / "train_vae.py")
+SMALL = ["--batch-size", "2", "--no-progress", "--eval-images", "2"]
+FAST = ["--resolution", "32", *SMALL]
+
+
+def run(args, check=True, nproc=1, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29517", SCRIPT]
+    else:
+        cmd = [sys.executable, SCRIPT]
+    p = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"train_vae.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_short_run_writes_everything(quick_pipeline, tmp_path):
+    out = tmp_path / "run"
+    run(["--base-vae", str(quick_pipeline), "--output-dir", str(out), "--steps", "3", "--checkpoint-every", "2", *FAST])
+    for name in ("log.csv", "loss_curves.png", "reconstructions.png", "eval.json", "summary.json", "args.json"):
+        assert (out / name).exists(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
+    assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
+    result = json.loads((out / "eval.json").read_text())
+    assert {"davae", "base_half_upsampled", "base_full", "alignment"} <= set(result)
+    from davae_ext.davae import DAVAE
+
+    model = DAVAE.from_pretrained(out / "davae")
+    assert model.config.detail_mean is not None and len(model.config.detail_std) == 16
+
+
+def test_resume_matches_uninterrupted(quick_pipeline, tmp_path):
+    base = ["--base-vae", str(quick_pipeline), "--checkpoint-every", "3", "--no-eval", "--fused", *FAST]
+    run([*base, "--output-dir", str(tmp_path / "straight"), "--steps", "5"])
+    run([*base, "--output-dir", str(tmp_path / "resumed"), "--steps", "3"])
+    p = run([*base, "--output-dir", str(tmp_path / "resumed"), "--steps", "5", "--resume"])
+    assert "resumed from" in p.stdout + p.stderr
+    assert summary(tmp_path / "resumed")["fingerprint"] == summary(tmp_path / "straight")["fingerprint"]
+    log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2", "3", "4"]
+
+
+def test_two_cpu_processes_hold_identical_weights(quick_pipeline, tmp_path):
+    out = tmp_path / "ddp"
+    run(["--base-vae", str(quick_pipeline), "--output-dir", str(out), "--steps", "3", "--no-eval", *FAST], nproc=2)
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+    assert summary(out)["processes"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--base-channels", "4"], "--base-channels 4 does not match the base VAE"),
+    (["--lpips-weights", "/nonexistent/lpips.pth"], "--lpips-weights '/nonexistent/lpips.pth' does not exist"),
+    (["--resolution", "40"], "--resolution 40 must be a multiple of the DA-VAE's spatial factor 16"),
+])
+def test_bad_input_fails_before_training(quick_pipeline, tmp_path, extra, message):
+    size = [] if "--resolution" in extra else ["--resolution", "32"]
+    p = run(["--base-vae", str(quick_pipeline), "--output-dir", str(tmp_path / "bad"), "--steps", "2", *SMALL, *size, *extra],
+            check=False)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert not (tmp_path / "bad" / "log.csv").exists()
