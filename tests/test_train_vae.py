@@ -44,6 +44,14 @@ def test_short_run_writes_everything(quick_pipeline, tmp_path):
 
     model = DAVAE.from_pretrained(out / "davae")
     assert model.config.detail_mean is not None and len(model.config.detail_std) == 16
+    # eval_vae.py on the saved model
+    ev = subprocess.run([sys.executable, str(Path(SCRIPT).with_name("eval_vae.py")), "--davae", str(out / "davae"),
+                         "--resolution", "32", "--limit", "2", "--output-dir", str(tmp_path / "eval")],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    table = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert table["base_full"]["latent_cells"] == 4 * table["davae"]["latent_cells"]
+    assert "alignment:" in ev.stdout and (tmp_path / "eval" / "reconstructions.png").exists()
 
 
 def test_resume_matches_uninterrupted(quick_pipeline, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 import torch
-from diffusers import SD3Transformer2DModel
+from diffusers import ModelMixin, SD3Transformer2DModel  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
 from . import _validate
@@ -14,6 +14,8 @@ from .nn import DetailPatchEmbed, DetailProjOut
 from .nn._init import check_channels, check_init
 
 __all__ = ["DAVAESD3Transformer2DModel", "expand_transformer"]
+# ModelMixin is imported here because diffusers' pipeline loader looks up its base classes in the
+# module a component was saved from (davae_ext.sd3) to pick the component's loading method.
 
 _SD3_ARGS = [n for n in inspect.signature(SD3Transformer2DModel.__init__).parameters if n != "self"]
 

@@ -1,0 +1,91 @@
+"""Sampling at ``scale`` times the resolution with the same tokens (paper Sec. 5):
+``DAVAEStableDiffusion3Pipeline``, diffusers' ``StableDiffusion3Pipeline`` holding an expanded
+transformer (:class:`~davae_ext.sd3.DAVAESD3Transformer2DModel`) and a :class:`~davae_ext.DAVAE`.
+
+Latents have C + D channels on the DA-VAE grid (spatial factor ``scale * f``); base and detail
+channels are denoised jointly; on decode only the detail slice is de-normalised (the DA-VAE's
+own statistics), then the DA-VAE decoder maps the raw latent to the image. Everything else
+(classifier-free guidance, negative prompts, ``prompt_embeds``, generators, the scheduler,
+callbacks, ``output_type``) is diffusers' own code path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
+
+from .davae import DAVAE
+from .sd3 import DAVAESD3Transformer2DModel
+
+
+class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
+    """``height`` / ``width`` are the output image's; they must be multiples of the DA-VAE's
+    spatial factor times the transformer's patch size. ``output_type="latent"`` returns the
+    normalised C + D latent the transformer produced."""
+
+    def __init__(self, transformer: DAVAESD3Transformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,
+                 vae: DAVAE, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
+                 image_encoder=None, feature_extractor=None):
+        # The text encoders and tokenizers have no defaults (diffusers treats parameters with a
+        # default as options, not components); pass None for any of them to use prompt_embeds.
+        DiffusionPipeline.__init__(self)
+        if not isinstance(vae, DAVAE):
+            raise TypeError(f"DAVAEStableDiffusion3Pipeline: 'vae' must be a davae_ext.DAVAE, got {type(vae).__name__}")
+        if not isinstance(transformer, DAVAESD3Transformer2DModel):
+            raise TypeError("DAVAEStableDiffusion3Pipeline: 'transformer' must be a DAVAESD3Transformer2DModel "
+                            f"(see davae_ext.sd3.expand_transformer), got {type(transformer).__name__}")
+        total = vae.base_channels + vae.detail_channels
+        if transformer.config.in_channels != total or transformer.config.detail_channels != vae.detail_channels:
+            raise ValueError(f"DAVAEStableDiffusion3Pipeline: the transformer has {transformer.config.in_channels} latent "
+                             f"channels ({transformer.config.detail_channels} detail); the DA-VAE has {total} "
+                             f"({vae.detail_channels} detail)")
+        if transformer.config.channel_order != vae.config.order:
+            raise ValueError(f"DAVAEStableDiffusion3Pipeline: channel order differs: transformer "
+                             f"{transformer.config.channel_order!r}, DA-VAE {vae.config.order!r}")
+        self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                              text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                              tokenizer_3=tokenizer_3, transformer=transformer, scheduler=scheduler,
+                              image_encoder=image_encoder, feature_extractor=feature_extractor)
+        self.vae_scale_factor = vae.spatial_factor
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.tokenizer_max_length = tokenizer.model_max_length if tokenizer is not None else 77
+        self.default_sample_size = transformer.config.sample_size
+        self.patch_size = transformer.config.patch_size
+
+    @classmethod
+    def from_sd3_pipeline(cls, pipe: StableDiffusion3Pipeline, transformer: DAVAESD3Transformer2DModel,
+                          davae: DAVAE) -> "DAVAEStableDiffusion3Pipeline":
+        """The base pipeline's text encoders, tokenizers and scheduler with the DA-VAE parts."""
+        return cls(transformer=transformer, scheduler=pipe.scheduler, vae=davae, text_encoder=pipe.text_encoder,
+                   tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
+                   text_encoder_3=pipe.text_encoder_3, tokenizer_3=pipe.tokenizer_3)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised C + D latent -> image in [-1, 1] (unclamped)."""
+        raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+        return self.vae.decode(raw).sample
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, *args, height: Optional[int] = None, width: Optional[int] = None,
+                 output_type: str = "pil", return_dict: bool = True, **kwargs):
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        multiple = self.vae_scale_factor * self.patch_size
+        if height % multiple or width % multiple:
+            raise ValueError(f"DAVAEStableDiffusion3Pipeline: height and width must be multiples of {multiple} "
+                             f"(DA-VAE factor {self.vae_scale_factor} x patch size {self.patch_size}), got {height} x {width}")
+        out = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True, **kwargs)
+        latents = out.images
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.image_processor.postprocess(self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return StableDiffusion3PipelineOutput(images=images)
