@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--data", default=None, help="training image folder (default: the shipped photos, training split)")
     a("--eval-data", default=None, help="held-out image folder (default: the shipped photos, held-out split)")
     a("--resolution", type=int, default=256, help="training / evaluation image size (default: 256)")
+    a("--train-crop", type=int, default=None,
+      help="train on random crops of this size of the --resolution images (the model is convolutional) (default: no crop)")
     a("--output-dir", default=DEFAULT_OUTPUT, help=f"where everything is written (default: {DEFAULT_OUTPUT})")
     a("--detail-channels", type=int, default=None, help="D (default: C, the base latent channels)")
     a("--order", choices=["base_first", "detail_first"], default="base_first", help="channel order (default: base_first)")
@@ -129,6 +131,9 @@ def main(argv=None) -> dict:
     f = model.spatial_factor
     if args.resolution % f:
         raise ValueError(f"--resolution {args.resolution} must be a multiple of the DA-VAE's spatial factor {f}")
+    crop = args.train_crop or args.resolution
+    if crop % f or crop > args.resolution:
+        raise ValueError(f"--train-crop {crop} must be a multiple of the DA-VAE's spatial factor {f} and at most --resolution")
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the process count {world}")
     data = ImageCaptionFolder(args.data or sample_photos("train"), args.resolution, cache_in_memory=True)
@@ -190,6 +195,9 @@ def main(argv=None) -> dict:
         idx = batch_indices(len(data), args.batch_size, args.seed, step, rank, world)
         x = torch.stack([data[i]["pixel_values"] for i in idx]).to(accelerator.device)
         gen = step_generator(args.seed, step, rank)
+        if crop < args.resolution:
+            offsets = torch.randint(0, args.resolution - crop + 1, (len(idx), 2), generator=gen).tolist()
+            x = torch.stack([img[:, t:t + crop, l:l + crop] for img, (t, l) in zip(x, offsets)])
         with accelerator.autocast():
             o = model(x, generator=gen)
             rec = o.sample.float()

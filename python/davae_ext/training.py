@@ -139,3 +139,30 @@ def save_grid(path: os.PathLike, rows: Sequence[torch.Tensor], pad: int = 2) -> 
             grid[y:y + h, x:x + w] = arr[j]
     Image.fromarray(grid).save(path)
     return Path(path)
+
+
+class EMA:
+    """Exponential moving average of a set of parameters, kept in float32 (for sampling)."""
+
+    def __init__(self, named_params, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA: 'decay' must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in named_params}
+
+    @torch.no_grad()
+    def update(self, named_params) -> None:
+        for n, p in named_params:
+            self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, named_params) -> None:
+        for n, p in named_params:
+            p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": {n: t.clone() for n, t in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.shadow = {n: t.float().clone() for n, t in state["shadow"].items()}
