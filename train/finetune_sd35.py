@@ -33,8 +33,6 @@ import torch
 
 DEFAULT_OUTPUT = "outputs/finetune_sd35"
 TINY_DAVAE_VERSION = "tiny-davae-v1"
-SAMPLE_PROMPTS = ["a ginger tabby cat looking to the side", "a rocket on the launch pad under a blue sky",
-                  "a chinese temple with a red roof among green trees", "a cup of coffee on a saucer with a spoon, seen from above"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     a("--keep-checkpoints", type=int, default=2, help="checkpoints kept (default: 2)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (default: off)")
+    a("--stop-at", type=int, default=None,
+      help="stop after this step as if the run were killed (checkpoint written there); to test --resume (default: off)")
     a("--seed", type=int, default=0, help="seed (default: 0)")
     a("--sample-steps", type=int, default=20, help="denoising steps of the final sample grid (default: 20)")
     a("--guidance", type=float, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
@@ -230,9 +230,9 @@ def main(argv=None) -> dict:
         if main_proc:
             from diffusers import StableDiffusion3Pipeline
 
-            from davae_ext.synthetic import generate, read_prompts
+            from davae_ext.synthetic import DEFAULT_PROMPTS, generate, read_prompts
 
-            prompts = read_prompts(args.prompts) if args.prompts else SAMPLE_PROMPTS
+            prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
             base_pipe = StableDiffusion3Pipeline.from_pretrained(args.model).to(accelerator.device)
             generate(base_pipe, prompts, args.synthetic, data, resolution, seed=args.seed, progress=progress)
             del base_pipe
@@ -341,10 +341,15 @@ def main(argv=None) -> dict:
         log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", w=f"{w:.3f}", it_s=f"{row['steps_per_s']:.2f}")
         done = step + 1
-        if main_proc and (done % args.checkpoint_every == 0 or done == args.steps):
+        stop = args.stop_at is not None and done >= args.stop_at
+        if main_proc and (done % args.checkpoint_every == 0 or done == args.steps or stop):
             save_checkpoint(ckpt_dir, done, {"model": trainable_state(core), "optimizer": opt.state_dict(),
                                              "ema": ema.state_dict(), "step0": summary.get("step0")},
                             keep=args.keep_checkpoints)
+        if stop:
+            accelerator.print(f"--stop-at {args.stop_at}: stopping as if killed")
+            accelerator.end_training()
+            return summary
     accelerator.wait_for_everyone()
     summary.update(steps=args.steps, processes=world, seconds=round(time.time() - t0, 2), fingerprint=fingerprint(core))
     if world > 1:
@@ -368,6 +373,7 @@ def finish(transformer, ema, davae, args, out: Path, resolution: int, merge_lora
     from diffusers import StableDiffusion3Pipeline
 
     from davae_ext.pipeline import DAVAEStableDiffusion3Pipeline
+    from davae_ext.synthetic import DEFAULT_PROMPTS
     from davae_ext.training import save_grid
 
     transformer.eval()
@@ -378,8 +384,9 @@ def finish(transformer, ema, davae, args, out: Path, resolution: int, merge_lora
     pipe = DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
     pipe.scheduler.register_to_config(shift=args.shift)
     pipe.save_pretrained(out / "pipeline")
-    images = pipe(SAMPLE_PROMPTS, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
-                  guidance_scale=args.guidance, generator=[torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))],
+    prompts = list(DEFAULT_PROMPTS)
+    images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
+                  guidance_scale=args.guidance, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
                   output_type="pt").images
     save_grid(out / "samples.png", [images * 2 - 1])
     return out / "pipeline"

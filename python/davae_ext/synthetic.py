@@ -10,6 +10,11 @@ from typing import Sequence
 
 import torch
 
+# Fixed prompts of the sample grids (the subjects of the shipped photos).
+DEFAULT_PROMPTS = ("a ginger tabby cat looking to the side", "a rocket on the launch pad under a blue sky",
+                   "a chinese temple with a red roof among green trees",
+                   "a cup of coffee on a saucer with a spoon, seen from above")
+
 
 def read_prompts(path) -> list[str]:
     """One prompt per non-empty line of a text file."""

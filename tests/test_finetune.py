@@ -1,0 +1,145 @@
+"""The fine-tuning objective (Eqs. 12-13) and train/finetune_sd35.py on the quick tiny models."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from davae_ext.flow import channel_mask, detail_weight, flow_loss, sample_sigmas
+
+SCRIPT = str(Path(__file__).resolve().parents[1] / "train" / "finetune_sd35.py")
+FAST = ["--quick-default", "--resolution", "64", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
+        "--crops-per-image", "1", "--no-progress", "--sample-steps", "2"]
+
+
+def test_detail_weight_schedule():
+    assert detail_weight(0, 1000) == 0.0
+    assert detail_weight(500, 1000) == pytest.approx(0.5)
+    assert detail_weight(250, 1000) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+    assert detail_weight(1000, 1000) == 1.0 and detail_weight(2000, 1000) == 1.0
+    assert detail_weight(5, 0) == 1.0
+
+
+@pytest.mark.parametrize("order", ["base_first", "detail_first"])
+def test_flow_loss_normalisation(order):
+    g = torch.Generator().manual_seed(0)
+    x0, noise, pred = (torch.randn(3, 48, 4, 4, generator=g) for _ in range(3))
+    s = torch.rand(3, generator=g)
+    err = (pred - (noise - x0)) ** 2
+    base = slice(0, 16) if order == "base_first" else slice(32, 48)
+    det = slice(16, 48) if order == "base_first" else slice(0, 32)
+    torch.testing.assert_close(flow_loss(pred, x0, noise, s, 16, order, w=0.0)["loss"], err[:, base].mean())
+    torch.testing.assert_close(flow_loss(pred, x0, noise, s, 16, order, w=1.0)["loss"], err.mean())
+    w = 0.3
+    expected = ((err[:, base].flatten(1).sum(1) + w * err[:, det].flatten(1).sum(1)) / ((16 + w * 32) * 16)).mean()
+    torch.testing.assert_close(flow_loss(pred, x0, noise, s, 16, order, w=w)["loss"], expected)
+    snr = torch.clamp((1 - s) / s, max=5.0).view(3, 1, 1, 1)
+    x0_err = err * s.view(3, 1, 1, 1) ** 2 * snr
+    torch.testing.assert_close(flow_loss(pred, x0, noise, s, 16, order, w=1.0, mode="x0_min_snr")["loss"], x0_err.mean())
+    assert channel_mask(48, 16, order, 0.0)[0, base].eq(1).all()
+
+
+def test_sigmas_follow_the_shifted_logit_normal():
+    s = sample_sigmas(20000, shift=4.0, generator=torch.Generator().manual_seed(0))
+    assert 0 < float(s.min()) and float(s.max()) < 1
+    u = torch.sigmoid(torch.randn(20000, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(s, 4 * u / (1 + 3 * u))
+
+
+def run(args, check=True, nproc=1):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29519"] if nproc > 1 \
+        else [sys.executable]
+    p = subprocess.run(prefix + [SCRIPT, *args], capture_output=True, text=True, env=env, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"finetune_sd35.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def losses(folder: Path, column: str = "loss") -> list[float]:
+    with open(folder / "log.csv") as f:
+        return [float(r[column]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def lora_run(quick_pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "lora"
+    p = run([*FAST, "--steps", "4", "--checkpoint-every", "2", "--fused", "--output-dir", str(out)])
+    return out, p
+
+
+def test_lora_run_outputs_and_step0_identity(lora_run):
+    out, _ = lora_run
+    for name in ("log.csv", "loss_curves.png", "samples.png", "summary.json", "pipeline/model_index.json"):
+        assert (out / name).exists(), name
+    s = json.loads((out / "summary.json").read_text())
+    step0 = s["step0"]
+    assert step0["max_abs_diff_base_prediction"] < 1e-5  # the expanded model is the pretrained one
+    assert step0["max_abs_detail_prediction"] == 0.0  # zero-init detail output
+    assert step0["base_loss_expanded"] == pytest.approx(step0["base_loss_original"], rel=1e-5)
+    assert len(losses(out)) == 4
+
+
+def test_cache_reused_and_resume_matches(lora_run, tmp_path):
+    out, first = lora_run
+    assert "cache built" in first.stdout + first.stderr
+    straight = tmp_path / "straight"
+    p = run([*FAST, "--steps", "4", "--no-sample", "--output-dir", str(straight)])
+    assert "cache reused" in p.stdout + p.stderr
+    resumed = tmp_path / "resumed"
+    run([*FAST, "--steps", "4", "--stop-at", "2", "--no-sample", "--output-dir", str(resumed)])
+    run([*FAST, "--steps", "4", "--no-sample", "--resume", "--output-dir", str(resumed)])
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
+    assert a["fingerprint"] == b["fingerprint"]
+    assert losses(straight) == losses(resumed)
+
+
+def test_fused_and_reference_give_the_same_curve(lora_run, tmp_path):
+    out, _ = lora_run  # --fused
+    ref = tmp_path / "reference"
+    run([*FAST, "--steps", "4", "--no-sample", "--output-dir", str(ref)])
+    for col in ("loss", "base_mse", "detail_mse"):
+        assert losses(ref, col) == pytest.approx(losses(out, col), rel=1e-4, abs=1e-6)
+
+
+def test_full_finetuning_and_losses(quick_pipeline, tmp_path):
+    out = tmp_path / "full"
+    run([*FAST, "--full", "--steps", "3", "--no-sample", "--output-dir", str(out)])
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trainable_parameters"] > 10 * 29632  # every transformer weight, not LoRA
+
+
+def test_two_cpu_processes_hold_identical_weights(quick_pipeline, tmp_path):
+    out = tmp_path / "ddp"
+    run([*FAST, "--steps", "3", "--no-sample", "--output-dir", str(out)], nproc=2)
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text())["fingerprint"] for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+
+
+def test_bad_model_folder(quick_pipeline, tmp_path):
+    (tmp_path / "notsd3").mkdir()
+    (tmp_path / "notsd3" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    p = run([*FAST, "--model", str(tmp_path / "notsd3"), "--output-dir", str(tmp_path / "o")], check=False)
+    assert p.returncode != 0 and "is not an SD3 pipeline" in p.stderr
+    assert not (tmp_path / "o" / "log.csv").exists()
+
+
+def test_davae_with_other_base_channels(quick_pipeline, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from davae_ext.davae import DAVAE
+
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
+    d = DAVAE.from_base_vae(vae)
+    d.set_latent_stats([0.0] * 4, [1.0] * 4)
+    d.save_pretrained(tmp_path / "davae4")
+    p = run([*FAST, "--model", str(quick_pipeline), "--davae", str(tmp_path / "davae4"), "--output-dir", str(tmp_path / "o")],
+            check=False)
+    assert p.returncode != 0 and "has 4 base channels but the transformer" in p.stderr
