@@ -1,6 +1,8 @@
 """detail_patch_embed: fused vs eager reference vs torch.compile(reference) vs reshape+addmm (the
 best eager formulation, as vLLM/SGLang do) vs the op's bare GEMMs (the floor)."""
 
+import os
+
 import pytest
 import torch
 
@@ -8,7 +10,9 @@ import davae_ext
 from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
-PROVIDERS = ["fused", "eager", "compile", "reshape_addmm", "bare_gemm"]
+# fused: the op (CUDA 16-bit: gather + one cuBLASLt GEMM with the epilogue); fused_tiled: the op
+# with DAVAE_PATCH_EMBED_LT=0, i.e. the single tiled WMMA kernel (CUDA only).
+PROVIDERS = ["fused", "fused_tiled", "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
 def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
@@ -67,6 +71,15 @@ def bench_patch_embed(benchmark, case, direction, provider):
     device, dtype, s = case
     benchmark.group = f"patch_embed-{direction}-{case_id(case)}"
     nbytes, flops = counts(s, torch.finfo(dtype).bits // 8, direction)
+    if provider == "fused_tiled":
+        if device != "cuda":
+            pytest.skip("the tiled kernel is the CUDA forward's alternative")
+        os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
+        try:
+            time_direction(benchmark, device, fused, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
+        finally:
+            del os.environ["DAVAE_PATCH_EMBED_LT"]
+        return
     if provider == "bare_gemm":
         fn = bare_gemm(device, dtype, s, direction)
         time_direction(benchmark, device, lambda: fn(), [], "fwd", nbytes, flops)

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# GPU check: build for this GPU's arch only, run the tests (CUDA cases included) and the CUDA op
-# benchmarks, and write a JSON summary.
+# GPU check: build for this GPU's arch only, run the CUDA tests and the CUDA benchmarks, and write
+# a JSON summary.
 #
 #   bash bench/gpu_check.sh OUTDIR
 #   QUICK=1 bash bench/gpu_check.sh OUTDIR   # host checks + CUDA patch-embed tests + one forward benchmark
 #
+# Knobs (environment): TEST_SELECT / BENCH_SELECT (pytest -k expressions), SKIP_PROBE=1 (no
+# raw-op crash probe), SAMPLING=1 (also bench/bench_sampling.py: SD3.5-M-sized sampling
+# throughput, BENCH_SAMPLING_STEPS denoising steps, default 10 here), TEST_TIMEOUT, BENCH_TIMEOUT.
+#
 # For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
 # pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
-# Writes OUTDIR/gpu_check.json (+ build/test/bench logs, junit.xml, bench.json).
+# diffusers / transformers, when missing, are installed from the wheels in .gpu_wheels/ if that
+# folder was carried along. Writes OUTDIR/gpu_check.json (+ logs, junit.xml, bench JSONs).
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -15,23 +20,31 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - start )) s"; }
+
+if ! $PY -c "import diffusers, transformers" 2>/dev/null && [ -d .gpu_wheels ]; then
+  $PY -m pip install --no-index --find-links .gpu_wheels diffusers transformers > "$OUT/pip.log" 2>&1
+  echo "diffusers from .gpu_wheels: rc=$? ($(elapsed))"
+fi
 
 arch=$($PY -c "import torch; M, m = torch.cuda.get_device_capability(); print(f'{M}{m}')")
 echo "== build for sm_$arch =="
 DAVAE_CUDA=ON DAVAE_CUDA_ARCHS="$arch" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
   $PY -m pip install --no-build-isolation --no-deps -v . -Cbuild-dir=/tmp/davae-build > "$OUT/build.log" 2>&1
 build_rc=$?
-echo "build rc=$build_rc ($(( $(date +%s) - start )) s)"
+echo "build rc=$build_rc ($(elapsed))"
 if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; fi
 grep -i "libstdc++\|CXX compiler identification" "$OUT/build.log" | head -5
 
 # Run from outside the source tree so the installed package (not python/) is imported.
 cd /tmp
 SRC="$OLDPWD"
-ldd "$($PY -c 'import davae_ext._C as c; print(c.__file__)')" | grep -i "stdc++"
-echo "== raw-op bad input: each case in its own process (a crash gets a backtrace) =="
-timeout 90 $PY "$SRC/bench/gpu_crash_probe.py" --out "$OUT/crash_probe.json" 2>&1 | tail -40
-echo "probe done ($(( $(date +%s) - start )) s)"
+ldd "$($PY -c 'import davae_ext._C as c; print(c.__file__)')" | grep -i "stdc++\|cublasLt"
+if [ "${SKIP_PROBE:-0}" != 1 ]; then
+  echo "== raw-op bad input: each case in its own process (a crash gets a backtrace) =="
+  timeout 90 $PY "$SRC/bench/gpu_crash_probe.py" --out "$OUT/crash_probe.json" 2>&1 | tail -40
+  echo "probe done ($(elapsed))"
+fi
 
 echo "== CUDA tests =="
 # The CPU cases run in CI; here the CUDA parametrisations and the raw-op host checks. pytest-xdist
@@ -39,33 +52,41 @@ echo "== CUDA tests =="
 # the CPU float64 references), and a crash fails one test only. SIGINT at the time limit still
 # writes the JUnit report of what ran.
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-SELECT=(-k "cuda or raw_ops")
-if [ "${QUICK:-0}" = 1 ]; then SELECT=(-k "raw_ops or libstdcxx or (cuda and patch_embed and not compile)"); fi
+DEFAULT_SELECT="cuda or raw_ops"
+if [ "${QUICK:-0}" = 1 ]; then DEFAULT_SELECT="raw_ops or libstdcxx or (cuda and patch_embed and not compile)"; fi
 OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 timeout -s INT ${TEST_TIMEOUT:-140} $PY -m pytest "$SRC/tests" -q -p no:cacheprovider \
-  $XDIST "${SELECT[@]}" -rs --durations=25 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
+  $XDIST -k "${TEST_SELECT:-$DEFAULT_SELECT}" -rs --durations=25 --junitxml="$OUT/junit.xml" -o addopts="" > "$OUT/tests.log" 2>&1
 test_rc=$?
-tail -40 "$OUT/tests.log"
-echo "tests rc=$test_rc ($(( $(date +%s) - start )) s)"
+tail -25 "$OUT/tests.log"
+echo "tests rc=$test_rc ($(elapsed))"
+# The forward's other path (the tiled WMMA kernel), which float32 always takes.
+OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 DAVAE_PATCH_EMBED_LT=0 timeout -s INT 60 $PY -m pytest "$SRC/tests/test_patch_embed.py" -q \
+  -p no:cacheprovider $XDIST -k "cuda" --junitxml="$OUT/junit_tiled.xml" -o addopts="" > "$OUT/tests_tiled.log" 2>&1
+tiled_rc=$?
+tail -3 "$OUT/tests_tiled.log"
+echo "tests (DAVAE_PATCH_EMBED_LT=0) rc=$tiled_rc ($(elapsed))"
 
 echo "== benchmarks =="
+BENCH_JSONS=()
+bench() {  # name, -k expression, timeout
+  timeout "$3" $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "$2" -s \
+    --benchmark-json="$OUT/$1.json" -o addopts="" > "$OUT/$1.log" 2>&1
+  local rc=$?
+  echo "bench $1 rc=$rc ($(elapsed))"
+  BENCH_JSONS+=("$OUT/$1.json")
+  RCS+=("$1=$rc")
+}
+RCS=(build=$build_rc tests=$test_rc tests_tiled=$tiled_rc)
 if [ "${QUICK:-0}" = 1 ]; then
-  timeout 60 $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider \
-    -k "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" \
-    --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
-  $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
-    --bench "$OUT/bench.json" --probe "$OUT/crash_probe.json" --rc build=$build_rc tests=$test_rc --seconds $(( $(date +%s) - start ))
-  exit 0
+  bench bench "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" 60
+else
+  bench bench "${BENCH_SELECT:-cuda and not compile and (patch_embed or not bwd) and not sampling}" ${BENCH_TIMEOUT:-100}
+  bench bench_compile "cuda and compile and patch_embed and fwd and not fwdbwd" 60
 fi
-timeout ${BENCH_TIMEOUT:-100} $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and not compile and (patch_embed or not bwd)" \
-  --benchmark-json="$OUT/bench.json" -o addopts="" > "$OUT/bench.log" 2>&1
-bench_rc=$?
-echo "bench rc=$bench_rc ($(( $(date +%s) - start )) s)"
-timeout ${COMPILE_TIMEOUT:-60} $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "cuda and compile and (patch_embed or not bwd)" \
-  --benchmark-json="$OUT/bench_compile.json" -o addopts="" > "$OUT/bench_compile.log" 2>&1
-compile_rc=$?
-echo "bench (torch.compile providers) rc=$compile_rc ($(( $(date +%s) - start )) s)"
+if [ "${SAMPLING:-0}" = 1 ]; then
+  BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_sampling "sampling and cuda" 200
+  grep "sampling-" "$OUT/bench_sampling.log" | head -8
+fi
 
-$PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" \
-  --bench "$OUT/bench.json" "$OUT/bench_compile.json" \
-  --probe "$OUT/crash_probe.json" --rc build=$build_rc tests=$test_rc bench=$bench_rc bench_compile=$compile_rc \
-  --seconds $(( $(date +%s) - start ))
+$PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" --bench "${BENCH_JSONS[@]}" \
+  --probe "$OUT/crash_probe.json" --rc "${RCS[@]}" --seconds $(( $(date +%s) - start ))

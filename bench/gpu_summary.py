@@ -47,6 +47,7 @@ def bench_summary(paths: list[str]) -> tuple[list[dict], dict]:
                 "copy_bw_gbs": info.get("copy_bw_gbs"),
                 "peak_bytes": info.get("peak_bytes"),
                 "device": info.get("device"),
+                "extra_info": info,
             })
     groups: dict[str, dict] = {}
     for r in rows:

@@ -33,3 +33,13 @@ try:
 except OSError:
     pass
 print(f"TORCH_LIBSTDCXX={libstdcxx}")
+# cuBLASLt (the patch-embed forward calls it directly): the library torch's CUDA build ships with.
+cublaslt = ""
+for folder in [os.path.join(nvidia, n, "lib") for n in (sorted(os.listdir(nvidia)) if os.path.isdir(nvidia) else [])] + [
+        os.path.join(root, "lib")]:
+    if os.path.isdir(folder):
+        found = sorted(f for f in os.listdir(folder) if f.startswith("libcublasLt.so"))
+        if found:
+            cublaslt = os.path.join(folder, found[0])
+            break
+print(f"TORCH_CUBLASLT={cublaslt}")

@@ -171,3 +171,18 @@ def test_load_base_vae_errors(tmp_path, vae):
         davae_mod.load_base_vae(str(tmp_path / "empty"))
     vae.save_pretrained(tmp_path / "pipe" / "vae")
     assert davae_mod.load_base_vae(str(tmp_path / "pipe")).config.latent_channels == 16
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_up_block_starts_as_the_base_decoders_conv_in(vae, order):
+    """init_up_block="base_decoder": the up block's output is the pretrained conv_in on the
+    de-normalised base latent, nearest-upsampled (away from the border, where zero padding of the
+    normalised latent differs), whatever the detail channels hold."""
+    model = DAVAE.from_base_vae(vae, order=order)
+    z = torch.randn(1, 32, 6, 6)
+    base = z[:, :16] if order == "base_first" else z[:, 16:]
+    expected = F.interpolate(vae.decoder.conv_in(base / 0.8 + 0.1), scale_factor=2, mode="nearest")
+    got = model.latent_up(z)
+    torch.testing.assert_close(got[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2], atol=1e-5, rtol=1e-5)
+    fresh = DAVAE.from_base_vae(vae, order=order, init_up_block="random")
+    assert not torch.allclose(fresh.latent_up(z), got)

@@ -221,10 +221,19 @@ class DAVAE(ModelMixin, ConfigMixin):
     @classmethod
     def from_base_vae(cls, vae: AutoencoderKL, detail_channels: Optional[int] = None, scale: int = 2,
                       order: str = "base_first", freeze_detail_trunk: bool = True, init_from_base: bool = True,
-                      fused: bool = True, detail_dropout: float = 0.0) -> "DAVAE":
+                      fused: bool = True, detail_dropout: float = 0.0, init_up_block: str = "base_decoder") -> "DAVAE":
         """A DA-VAE on ``vae`` (copied; the original is not modified). With ``init_from_base`` the
         detail encoder trunk and the decoder start from the pretrained weights; otherwise they are
-        freshly initialised (the base encoder is always the pretrained one)."""
+        freshly initialised (the base encoder is always the pretrained one).
+
+        ``init_up_block``: ``"base_decoder"`` (default; our choice, the paper leaves it open)
+        starts the up block as the pretrained decoder's ``conv_in`` on the base channels, each
+        output repeated over the ``scale x scale`` sub-positions (and the detail channels ignored),
+        so at step 0 the DA-VAE decodes the base latent as the base decoder would, from a
+        nearest-upsampled first feature map; ``"random"`` is PyTorch's default initialisation (also
+        what ``init_from_base=False`` gives)."""
+        if init_up_block not in ("base_decoder", "random"):
+            raise ValueError(f"DAVAE.from_base_vae: 'init_up_block' must be 'base_decoder' or 'random', got {init_up_block!r}")
         if not isinstance(vae, AutoencoderKL):
             raise TypeError(f"DAVAE.from_base_vae: 'vae' must be a diffusers AutoencoderKL, got {type(vae).__name__}")
         model = cls(dict(vae.config), detail_channels=detail_channels, scale=scale, order=order,
@@ -235,12 +244,37 @@ class DAVAE(ModelMixin, ConfigMixin):
             dec = {k: v for k, v in vae.decoder.state_dict().items() if not k.startswith("conv_in.")}
             model.detail_encoder.load_state_dict(enc)
             model.decoder.load_state_dict(dec)
+            if init_up_block == "base_decoder":
+                model._init_up_block_from_conv_in(vae)
         ref = next(vae.parameters())
         model.to(ref.device)
         if ref.dtype != torch.float32:
             model.to(ref.dtype)
         model._apply_freezing()
         return model
+
+    @torch.no_grad()
+    def _init_up_block_from_conv_in(self, vae: AutoencoderKL) -> None:
+        """Up-block output channel q = o * s^2 + k (sub-position k of feature o) := the base
+        decoder's conv_in output o on the de-normalised base latent; the parameter-free shortcut
+        is cancelled in the centre tap."""
+        conv_in = vae.decoder.conv_in
+        up = self.latent_up
+        if up.shortcut is not None or conv_in.kernel_size != up.conv.kernel_size:
+            return  # keep the default initialisation
+        C, s2 = self.base_channels, self.config.scale ** 2
+        shift = vae.config.shift_factor or 0.0
+        scaling = vae.config.scaling_factor or 1.0
+        base = slice(0, C) if self.config.order == "base_first" else slice(self.detail_channels, C + self.detail_channels)
+        w = conv_in.weight.to(up.conv.weight)  # [Cdec, C, k, k]
+        weight = torch.zeros_like(up.conv.weight)  # [s2 * Cdec, C + D, k, k]
+        weight[:, base] = (w / scaling).repeat_interleave(s2, dim=0)
+        bias = (conv_in.bias.to(w) + shift * w.sum(dim=(1, 2, 3))).repeat_interleave(s2)
+        centre = up.conv.kernel_size[0] // 2
+        q = torch.arange(weight.shape[0])
+        weight[q, q // up.repeats, centre, centre] -= 1.0  # cancels repeat_interleave(z, repeats)
+        up.conv.weight.copy_(weight)
+        up.conv.bias.copy_(bias)
 
     def _apply_freezing(self) -> None:
         self.base_vae.requires_grad_(False)
