@@ -143,3 +143,18 @@ def test_davae_with_other_base_channels(quick_pipeline, tmp_path):
     p = run([*FAST, "--model", str(quick_pipeline), "--davae", str(tmp_path / "davae4"), "--output-dir", str(tmp_path / "o")],
             check=False)
     assert p.returncode != 0 and "has 4 base channels but the transformer" in p.stderr
+
+
+def test_synthetic_data_is_resumable_and_trains(quick_pipeline, tmp_path):
+    script = Path(SCRIPT).with_name("make_synthetic_data.py")
+    base = [sys.executable, str(script), "--model", str(quick_pipeline), "--resolution", "32", "--steps", "1",
+            "--output-dir", str(tmp_path / "syn"), "--no-progress"]
+    subprocess.run([*base, "--count", "2"], check=True, capture_output=True, timeout=300)
+    first = (tmp_path / "syn" / "000000.png").stat().st_mtime_ns
+    subprocess.run([*base, "--count", "3"], check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in (tmp_path / "syn").glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    assert (tmp_path / "syn" / "000000.png").stat().st_mtime_ns == first  # kept, not regenerated
+    assert len((tmp_path / "syn" / "metadata.jsonl").read_text().splitlines()) == 3
+    out = tmp_path / "ft"
+    run([*FAST, "--synthetic", "2", "--steps", "1", "--no-sample", "--output-dir", str(out)])
+    assert len(list((out / "synthetic").glob("*.png"))) == 2

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def default_davae(model: str, quick: bool, progress: bool) -> str:
     train_vae = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_vae)
     recipe = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
-             ["--steps", "120", "--resolution", "256", "--train-crop", "128", "--lr", "1e-3", "--batch-size", "8"]
+             ["--steps", "300"]  # train_vae.py's defaults otherwise
     with atomic_dir(folder) as tmp:
         train_vae.main(["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused"]
                        + ([] if progress else ["--no-progress"]))
@@ -167,7 +166,6 @@ def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed:
 # ----------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from davae_ext import ops, reference
@@ -179,12 +177,12 @@ def main(argv=None) -> dict:
     from davae_ext.lora import add_lora, merge_lora
     from davae_ext.sd3 import expand_transformer
     from davae_ext.training import (EMA, CSVLog, batch_indices, fingerprint, latest_checkpoint, load_checkpoint,
-                                    save_checkpoint, step_generator, trainable_state)
+                                    make_accelerator, save_checkpoint, step_generator, trainable_state,
+                                    write_rank_fingerprint)
     from diffusers import SD3Transformer2DModel
 
     out = Path(args.output_dir)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-    rank, world, main_proc = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    accelerator, rank, world, main_proc = make_accelerator(args.mixed_precision)
     progress = not args.no_progress and main_proc
     torch.manual_seed(args.seed)
     if args.batch_size % world:
@@ -352,9 +350,7 @@ def main(argv=None) -> dict:
             return summary
     accelerator.wait_for_everyone()
     summary.update(steps=args.steps, processes=world, seconds=round(time.time() - t0, 2), fingerprint=fingerprint(core))
-    if world > 1:
-        (out / "ranks").mkdir(parents=True, exist_ok=True)
-        (out / "ranks" / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "fingerprint": summary["fingerprint"]}))
+    write_rank_fingerprint(out, rank, world, summary["fingerprint"])
     if main_proc:
         logr = CSVLog(out / "log.csv", [], enabled=False)
         save_curves(out / "loss_curves.png", {"base channels (MSE)": logr.column("base_mse"),

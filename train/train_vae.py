@@ -38,8 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--data", default=None, help="training image folder (default: the shipped photos, training split)")
     a("--eval-data", default=None, help="held-out image folder (default: the shipped photos, held-out split)")
     a("--resolution", type=int, default=256, help="training / evaluation image size (default: 256)")
-    a("--train-crop", type=int, default=None,
-      help="train on random crops of this size of the --resolution images (the model is convolutional) (default: no crop)")
+    a("--train-crop", type=int, default=128,
+      help="train on random crops of this size of the --resolution images (the model is convolutional; "
+           "at most --resolution) (default: 128)")
     a("--output-dir", default=DEFAULT_OUTPUT, help=f"where everything is written (default: {DEFAULT_OUTPUT})")
     a("--detail-channels", type=int, default=None, help="D (default: C, the base latent channels)")
     a("--order", choices=["base_first", "detail_first"], default="base_first", help="channel order (default: base_first)")
@@ -99,19 +100,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from davae_ext import losses
     from davae_ext.data import ImageCaptionFolder, sample_photos
     from davae_ext.davae import DAVAE, load_base_vae
     from davae_ext.training import (CSVLog, batch_indices, fingerprint, latest_checkpoint, load_checkpoint,
-                                    save_checkpoint, step_generator, trainable_state)
+                                    make_accelerator, save_checkpoint, step_generator, trainable_state,
+                                    write_rank_fingerprint)
 
     out = Path(args.output_dir)
-    # cpu=True when there is no GPU: accelerate then runs torchrun's CPU processes as one gloo group.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-    rank, world, main_proc = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    accelerator, rank, world, main_proc = make_accelerator(args.mixed_precision)
     torch.manual_seed(args.seed)
 
     # ------------------------------------------------------------------ inputs, checked first
@@ -131,7 +130,7 @@ def main(argv=None) -> dict:
     f = model.spatial_factor
     if args.resolution % f:
         raise ValueError(f"--resolution {args.resolution} must be a multiple of the DA-VAE's spatial factor {f}")
-    crop = args.train_crop or args.resolution
+    crop = min(args.train_crop or args.resolution, args.resolution)
     if crop % f or crop > args.resolution:
         raise ValueError(f"--train-crop {crop} must be a multiple of the DA-VAE's spatial factor {f} and at most --resolution")
     if args.batch_size % world:
@@ -247,9 +246,7 @@ def main(argv=None) -> dict:
     accelerator.wait_for_everyone()
     summary = {"steps": args.steps, "processes": world, "seconds": round(time.time() - t0, 2),
                "fingerprint": fingerprint(core)}
-    if world > 1:
-        (out / "ranks").mkdir(parents=True, exist_ok=True)
-        (out / "ranks" / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "fingerprint": summary["fingerprint"]}))
+    write_rank_fingerprint(out, rank, world, summary["fingerprint"])
     if main_proc and not args.no_eval:
         summary.update(finish(core, args, out, base_path, lpips, data))
     if main_proc:

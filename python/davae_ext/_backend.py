@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 

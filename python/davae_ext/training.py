@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -166,3 +167,22 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
         self.shadow = {n: t.float().clone() for n, t in state["shadow"].items()}
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    """``accelerate.Accelerator`` for the training scripts, plus (rank, world size, is main).
+    ``cpu=True`` when there is no GPU: accelerate then treats torchrun's CPU processes as one
+    gloo group instead of independent single-process runs."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return acc, acc.process_index, acc.num_processes, acc.is_main_process
+
+
+def write_rank_fingerprint(out: os.PathLike, rank: int, world: int, digest: str) -> None:
+    """With several processes, each writes ``ranks/rank<r>.json`` with its weights' fingerprint
+    (data-parallel replicas must end identical)."""
+    if world > 1:
+        folder = Path(out) / "ranks"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "fingerprint": digest}))
