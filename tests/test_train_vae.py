@@ -65,6 +65,14 @@ def test_resume_matches_uninterrupted(quick_pipeline, tmp_path):
     assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2", "3", "4"]
 
 
+def test_bf16_and_gradient_checkpointing(quick_pipeline, tmp_path):
+    out = tmp_path / "bf16"
+    run(["--base-vae", str(quick_pipeline), "--output-dir", str(out), "--steps", "2", "--no-eval", "--mixed-precision", "bf16",
+         "--gradient-checkpointing", *FAST])
+    losses = (out / "log.csv").read_text().splitlines()[1:]
+    assert len(losses) == 2 and all("nan" not in line for line in losses)
+
+
 def test_two_cpu_processes_hold_identical_weights(quick_pipeline, tmp_path):
     out = tmp_path / "ddp"
     run(["--base-vae", str(quick_pipeline), "--output-dir", str(out), "--steps", "3", "--no-eval", *FAST], nproc=2)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUTPUT = "outputs/finetune_sd35"
-TINY_DAVAE_VERSION = "tiny-davae-v1"
+DEFAULT_DAVAE_VERSION = "default-davae-v1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,12 +94,16 @@ def check_sd3_pipeline(path: str) -> None:
 
 
 def default_davae(model: str, quick: bool, progress: bool) -> str:
-    """The tiny DA-VAE on the tiny pipeline's VAE, trained on first use by train_vae.py and cached."""
+    """A DA-VAE on ``model``'s VAE, trained on first use by train_vae.py and cached under a key of
+    the model folder and its VAE's config and weights (another model never reuses it)."""
     import importlib.util
 
     from davae_ext._cache import atomic_dir, cache_root, is_complete
 
-    folder = cache_root() / (TINY_DAVAE_VERSION + ("-quick" if quick else ""))
+    h = hashlib.sha256(str(Path(model).resolve()).encode())
+    for f in sorted((Path(model) / "vae").glob("*")):
+        h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}{'-quick' if quick else ''}-{h.hexdigest()[:12]}"
     if is_complete(folder):
         return str(folder / "davae")
     spec = importlib.util.spec_from_file_location("train_vae", Path(__file__).with_name("train_vae.py"))
