@@ -144,14 +144,15 @@ class DAVAEPosterior:
 
 @dataclass
 class DAVAEForwardOutput(BaseOutput):
-    """Everything the training losses need."""
+    """Everything the training losses need. (Fields default to None, as diffusers' outputs do:
+    accelerate's mixed precision rebuilds the output from a dict of its fields.)"""
 
-    sample: torch.Tensor  # reconstruction, [-1, 1] (not clamped)
-    latent: torch.Tensor  # the raw C + D latent the decoder saw (detail sampled, maybe dropped out)
-    base_latent: torch.Tensor  # normalised base latent (the alignment target, no gradient)
-    detail_latent: torch.Tensor  # sampled detail latent (before dropout)
-    posterior: DAVAEPosterior
-    align_loss: torch.Tensor  # mean((Proj(z_d) - z)^2)
+    sample: torch.Tensor = None  # reconstruction, [-1, 1] (not clamped)
+    latent: torch.Tensor = None  # the raw C + D latent the decoder saw (detail sampled, maybe dropped out)
+    base_latent: torch.Tensor = None  # normalised base latent (the alignment target, no gradient)
+    detail_latent: torch.Tensor = None  # sampled detail latent (before dropout)
+    posterior: Optional[DAVAEPosterior] = None
+    align_loss: torch.Tensor = None  # mean((Proj(z_d) - z)^2)
 
 
 # ----------------------------------------------------------------------------------------------
