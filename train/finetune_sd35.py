@@ -147,7 +147,7 @@ def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed:
         for i in range(len(ds)):
             item = ds[i]
             z = davae.normalize_latents(davae.encode(item["pixel_values"][None].to(davae.device)).latent_dist.mode())
-            b, d = davae._split(z)
+            b, d = davae.split_latents(z)
             base.append(b.cpu())
             detail.append(d.cpu())
             captions.append(item["caption"])
@@ -251,8 +251,14 @@ def main(argv=None) -> dict:
     n_items = len(cache["base"])
 
     # ------------------------------------------------------------------ model
-    order = davae.config.order
-    transformer = expand_transformer(original, davae.detail_channels, init="zero", order=order, fused=args.fused)
+    # The DA-VAE is not needed during training (the latents are cached); finish() reloads it.
+    order, C, D = davae.config.order, davae.base_channels, davae.detail_channels
+    del davae
+
+    def split(z):  # (base, detail), as DAVAE.split_latents
+        return (z[:, :C], z[:, C:]) if order == "base_first" else (z[:, -C:], z[:, :-C])
+
+    transformer = expand_transformer(original, D, init="zero", order=order, fused=args.fused)
     if args.full:
         transformer.requires_grad_(True)
     else:
@@ -292,16 +298,15 @@ def main(argv=None) -> dict:
         accelerator.print(f"resumed from {path} at step {start}")
     else:
         x0, noise, sigmas, emb, pooled = batch(0)
-        C = davae.base_channels
         with torch.no_grad():
             xt = (1 - sigmas.view(-1, 1, 1, 1)) * x0 + sigmas.view(-1, 1, 1, 1) * noise
             t = sigmas * 1000
             pred = transformer.to(accelerator.device)(xt, emb, pooled, t).sample
-            base_x0, _ = davae._split(x0)
-            base_xt, _ = davae._split(xt)
-            base_noise, _ = davae._split(noise)
+            base_x0, _ = split(x0)
+            base_xt, _ = split(xt)
+            base_noise, _ = split(noise)
             ref = original.to(accelerator.device)(base_xt, emb, pooled, t).sample
-            pred_base, pred_detail = davae._split(pred)
+            pred_base, pred_detail = split(pred)
             summary["step0"] = {
                 "max_abs_diff_base_prediction": float((pred_base - ref).abs().max()),
                 "max_abs_detail_prediction": float(pred_detail.abs().max()),
@@ -329,7 +334,7 @@ def main(argv=None) -> dict:
         xt = (1 - s) * x0 + s * noise
         with accelerator.autocast():
             pred = transformer(xt, emb, pooled, sigmas * 1000).sample
-        parts = flow_loss(pred.float(), x0, noise, sigmas, davae.base_channels, order, w, args.loss_mode, args.min_snr_gamma)
+        parts = flow_loss(pred.float(), x0, noise, sigmas, C, order, w, args.loss_mode, args.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(parts["loss"])
         if args.grad_clip > 0:
@@ -361,17 +366,18 @@ def main(argv=None) -> dict:
                                               "detail channels (MSE)": logr.column("detail_mse")},
                     title=f"fine-tuning on the DA-VAE latent ({'LoRA' if not args.full else 'full'}, N_warm={n_warm})")
         if not args.no_sample:
-            summary["pipeline"] = str(finish(core, ema, davae, args, out, resolution, merge_lora))
+            summary["pipeline"] = str(finish(core, ema, args, out, resolution, merge_lora))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"fine-tuning done: outputs in {out.resolve()}" + (f"; pipeline: {summary['pipeline']}" if "pipeline" in summary else ""))
     accelerator.end_training()
     return summary
 
 
-def finish(transformer, ema, davae, args, out: Path, resolution: int, merge_lora) -> Path:
+def finish(transformer, ema, args, out: Path, resolution: int, merge_lora) -> Path:
     """EMA weights into the transformer, LoRA merged, pipeline saved, sample grid drawn."""
     from diffusers import StableDiffusion3Pipeline
 
+    from davae_ext.davae import DAVAE
     from davae_ext.pipeline import DAVAEStableDiffusion3Pipeline
     from davae_ext.synthetic import DEFAULT_PROMPTS
     from davae_ext.training import save_grid
@@ -381,6 +387,7 @@ def finish(transformer, ema, davae, args, out: Path, resolution: int, merge_lora
     if not args.full:
         merge_lora(transformer)
     base = StableDiffusion3Pipeline.from_pretrained(args.model, transformer=None, vae=None)
+    davae = DAVAE.from_pretrained(args.davae).to(transformer.device).eval()
     pipe = DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
     pipe.scheduler.register_to_config(shift=args.shift)
     pipe.save_pretrained(out / "pipeline")

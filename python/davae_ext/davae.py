@@ -305,7 +305,8 @@ class DAVAE(ModelMixin, ConfigMixin):
         return 2 ** (len(self.base_vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ normalisation
-    def _split(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_latents(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, detail) slices of a C + D latent, in either channel order."""
         C = self.base_channels
         if self.config.order == "base_first":
             return latent[:, :C], latent[:, C:]
@@ -321,14 +322,14 @@ class DAVAE(ModelMixin, ConfigMixin):
         """Raw C + D latent -> the diffusion model's latent: the detail slice standardised per
         channel (the base slice is already normalised by the base VAE's shift and scale)."""
         self._check_latent(latent)
-        base, detail = self._split(latent)
+        base, detail = self.split_latents(latent)
         detail = (detail - self.detail_latent_mean.to(detail)) / self.detail_latent_std.to(detail)
         return self._ops.latent_concat(base, detail, order=self.config.order)
 
     def denormalize_latents(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize_latents`."""
         self._check_latent(latent)
-        base, detail = self._split(latent)
+        base, detail = self.split_latents(latent)
         detail = detail * self.detail_latent_std.to(detail) + self.detail_latent_mean.to(detail)
         return self._ops.latent_concat(base, detail, order=self.config.order)
 
