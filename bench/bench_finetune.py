@@ -5,7 +5,6 @@ of the per-step wall times after the first 3 steps). ``extra_info`` holds ms/ste
 
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import subprocess
@@ -15,14 +14,15 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("accelerate")
+from davae_ext.training import csv_column  # noqa: E402
+
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "finetune_sd35.py"
 STEPS = int(os.environ.get("BENCH_FINETUNE_STEPS", "30"))
 _MS: dict = {}
 
 
 def _step_times(log: Path) -> list[float]:
-    with open(log) as f:
-        t = [float(r["seconds"]) for r in csv.DictReader(f)]
+    t = csv_column(log, "seconds")
     return [b - a for a, b in zip(t, t[1:])][3:]
 
 

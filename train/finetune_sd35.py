@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
     from davae_ext.flow import detail_weight, flow_loss, sample_sigmas
     from davae_ext.lora import add_lora, merge_lora
     from davae_ext.sd3 import expand_transformer
-    from davae_ext.training import (EMA, CSVLog, batch_indices, fingerprint, latest_checkpoint, load_checkpoint,
+    from davae_ext.training import (EMA, CSVLog, batch_indices, csv_column, fingerprint, latest_checkpoint, load_checkpoint,
                                     make_accelerator, save_checkpoint, step_generator, trainable_state,
                                     write_rank_fingerprint)
     from diffusers import SD3Transformer2DModel
@@ -193,21 +193,16 @@ def main(argv=None) -> dict:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the process count {world}")
 
     # ------------------------------------------------------------------ models (checked first)
-    if args.model is None and main_proc:
-        from davae_ext.tiny import build_tiny_sd35
-
-        build_tiny_sd35(quick=args.quick_default, progress=progress)
-    accelerator.wait_for_everyone()
+    # First-use builds: the main process builds and caches, then the others read the cache.
     if args.model is None:
         from davae_ext.tiny import build_tiny_sd35
 
-        args.model = str(build_tiny_sd35(quick=args.quick_default, progress=False))
+        with accelerator.main_process_first():
+            args.model = str(build_tiny_sd35(quick=args.quick_default, progress=progress))
     check_sd3_pipeline(args.model)
     if args.davae is None:
-        if main_proc:
-            default_davae(args.model, args.quick_default, progress)
-        accelerator.wait_for_everyone()
-        args.davae = default_davae(args.model, args.quick_default, False)
+        with accelerator.main_process_first():
+            args.davae = default_davae(args.model, args.quick_default, progress)
     if not (Path(args.davae) / "config.json").is_file():
         raise ValueError(f"--davae {args.davae!r} is not a DA-VAE folder (no config.json); train one with train/train_vae.py")
     davae = DAVAE.from_pretrained(args.davae).to(accelerator.device).eval()
@@ -241,11 +236,11 @@ def main(argv=None) -> dict:
         accelerator.wait_for_everyone()
     key = cache_key(args.model, args.davae, data, resolution, args.crops_per_image, args.seed)
     cache_dir = cache_root() / "finetune_cache" / key
-    cache_reused = is_complete(cache_dir)
-    if not cache_reused and main_proc:
-        with atomic_dir(cache_dir) as tmp:
-            build_cache(args.model, davae, data, resolution, args.crops_per_image, args.seed, tmp, progress)
-    accelerator.wait_for_everyone()
+    with accelerator.main_process_first():
+        cache_reused = is_complete(cache_dir)
+        if not cache_reused:
+            with atomic_dir(cache_dir) as tmp:
+                build_cache(args.model, davae, data, resolution, args.crops_per_image, args.seed, tmp, progress)
     cache = torch.load(cache_dir / "cache.pt", map_location="cpu")
     accelerator.print(f"latent / text cache {'reused' if cache_reused else 'built'}: {cache_dir}")
     n_items = len(cache["base"])
@@ -361,9 +356,8 @@ def main(argv=None) -> dict:
     summary.update(steps=args.steps, processes=world, seconds=round(time.time() - t0, 2), fingerprint=fingerprint(core))
     write_rank_fingerprint(out, rank, world, summary["fingerprint"])
     if main_proc:
-        logr = CSVLog(out / "log.csv", [], enabled=False)
-        save_curves(out / "loss_curves.png", {"base channels (MSE)": logr.column("base_mse"),
-                                              "detail channels (MSE)": logr.column("detail_mse")},
+        save_curves(out / "loss_curves.png", {"base channels (MSE)": csv_column(out / "log.csv", "base_mse"),
+                                              "detail channels (MSE)": csv_column(out / "log.csv", "detail_mse")},
                     title=f"fine-tuning on the DA-VAE latent ({'LoRA' if not args.full else 'full'}, N_warm={n_warm})")
         if not args.no_sample:
             summary["pipeline"] = str(finish(core, ema, args, out, resolution, merge_lora))

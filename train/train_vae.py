@@ -116,9 +116,8 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------------ inputs, checked first
     if args.lpips_weights is not None and not os.path.exists(args.lpips_weights):
         raise FileNotFoundError(f"--lpips-weights {args.lpips_weights!r} does not exist (never downloaded)")
-    base_path = resolve_base_vae(args) if main_proc else None
-    accelerator.wait_for_everyone()
-    base_path = base_path or resolve_base_vae(args)  # built by the main process; cached now
+    with accelerator.main_process_first():  # a first-use tiny build runs once, in the main process
+        base_path = resolve_base_vae(args)
     vae = load_base_vae(base_path)
     C = vae.config.latent_channels
     if args.base_channels is not None and args.base_channels != C:
@@ -260,7 +259,7 @@ def finish(model, args, out: Path, base_path: str, lpips, data) -> dict:
     """Latent statistics, held-out evaluation, PNGs and the saved model."""
     from davae_ext.data import sample_photos
     from davae_ext.evaluation import evaluate_davae, format_table, load_images
-    from davae_ext.training import CSVLog, save_grid
+    from davae_ext.training import csv_column, save_grid
     from davae_ext._plot import save_curves
 
     model.eval()
@@ -274,8 +273,8 @@ def finish(model, args, out: Path, base_path: str, lpips, data) -> dict:
     print(format_table(result))
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     save_grid(out / "reconstructions.png", [images, recs["base_half_upsampled"], recs["davae"]])
-    log = CSVLog(out / "log.csv", [], enabled=False)  # read only
-    curves = {"total": log.column("loss"), "L1": log.column("l1"), "alignment": log.column("align")}
+    log = out / "log.csv"
+    curves = {"total": csv_column(log, "loss"), "L1": csv_column(log, "l1"), "alignment": csv_column(log, "align")}
     save_curves(out / "loss_curves.png", curves, title=f"DA-VAE on {Path(base_path).name}: "
                 f"held-out PSNR {result['davae']['psnr_db']:.2f} dB vs {result['base_half_upsampled']['psnr_db']:.2f} dB")
     model.save_pretrained(out / "davae")

@@ -115,11 +115,13 @@ class CSVLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
-    def column(self, name: str) -> list[float]:
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return [float(r[name]) for r in csv.DictReader(f) if r.get(name) not in (None, "")]
+
+def csv_column(path: os.PathLike, name: str) -> list[float]:
+    """One numeric column of a CSV log (empty cells skipped; no file: empty list)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return [float(r[name]) for r in csv.DictReader(f) if r.get(name) not in (None, "")]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
