@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=None, help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
-    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: a tiny DA-VAE trained on first use and cached)")
+    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on --model's VAE by train_vae.py, 300 steps, and cached)")
     a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
     a("--synthetic", type=int, default=0, help="first generate this many training images with the base pipeline (default: 0 = use --data)")
     a("--prompts", default=None, help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
