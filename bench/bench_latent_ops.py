@@ -1,38 +1,30 @@
 """latent_concat, detail_project and detail_align_loss: fused vs eager reference vs
-torch.compile(reference). All memory-bound: GB/s and % of the measured copy bandwidth matter."""
+torch.compile(reference). All memory-bound: GB/s and % of the measured copy bandwidth matter.
+The fused backend is set once for the session (conftest.py), not per call."""
 
 import pytest
 import torch
 
-import davae_ext
 from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
 PROVIDERS = ["fused", "eager", "compile"]
 
 
-def _with_fused(fn):
-    def run(*args):
-        with davae_ext.use_backend("fused"):
-            return fn(*args)
-    run.__name__ = f"fused_{fn.__name__}"
-    return run
-
-
 OPS = {
     # name: (fused, reference, inputs(B, C, D, H, W) -> (tensors, extra args), bytes(elem, s, direction))
     "latent_concat": (
-        _with_fused(ops.latent_concat), reference.latent_concat,
+        ops.latent_concat, reference.latent_concat,
         lambda b, d, C: [b, d, "base_first"],
         lambda e, n_base, n_detail, direction: e * 2 * (n_base + n_detail) * (2 if direction == "fwdbwd" else 1),
     ),
     "detail_project": (
-        _with_fused(ops.detail_project), reference.detail_project,
+        ops.detail_project, reference.detail_project,
         lambda b, d, C: [d, C],
         lambda e, n_base, n_detail, direction: e * (n_detail + n_base) * (2 if direction == "fwdbwd" else 1),
     ),
     "detail_align_loss": (
-        _with_fused(ops.detail_align_loss), reference.detail_align_loss,
+        ops.detail_align_loss, reference.detail_align_loss,
         lambda b, d, C: [d, b, "mean"],
         # fwd reads both; bwd reads both and writes both gradients.
         lambda e, n_base, n_detail, direction: e * (n_detail + n_base) * {"fwd": 1, "bwd": 2, "fwdbwd": 3}[direction],

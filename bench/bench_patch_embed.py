@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-import davae_ext
 from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
@@ -23,11 +22,6 @@ def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
     rows = x.view(B, CD, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, CD * p * p)
     out = torch.addmm(bias, rows, weight.view(weight.shape[0], -1).t())
     return out.view(B, -1, weight.shape[0]) + pos_embed
-
-
-def fused(*args):
-    with davae_ext.use_backend("fused"):
-        return ops.detail_patch_embed(*args)
 
 
 def make_inputs(device, dtype, s, requires_grad):
@@ -76,7 +70,7 @@ def bench_patch_embed(benchmark, case, direction, provider):
             pytest.skip("the tiled kernel is the CUDA forward's alternative")
         os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
         try:
-            time_direction(benchmark, device, fused, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
+            time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
         finally:
             del os.environ["DAVAE_PATCH_EMBED_LT"]
         return
@@ -84,7 +78,7 @@ def bench_patch_embed(benchmark, case, direction, provider):
         fn = bare_gemm(device, dtype, s, direction)
         time_direction(benchmark, device, lambda: fn(), [], "fwd", nbytes, flops)
         return
-    forward = {"fused": fused, "eager": reference.detail_patch_embed,
+    forward = {"fused": ops.detail_patch_embed, "eager": reference.detail_patch_embed,
                "compile": compiled(reference.detail_patch_embed), "reshape_addmm": reshape_addmm}[provider]
     time_direction(benchmark, device, forward, make_inputs(device, dtype, s, direction != "fwd"),
                    direction, nbytes, flops)

@@ -80,8 +80,9 @@ RCS=(build=$build_rc tests=$test_rc tests_tiled=$tiled_rc)
 if [ "${QUICK:-0}" = 1 ]; then
   bench bench "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" 60
 else
-  bench bench "${BENCH_SELECT:-cuda and not compile and (patch_embed or not bwd) and not sampling}" ${BENCH_TIMEOUT:-100}
+  bench bench "${BENCH_SELECT:-cuda and not compile and (patch_embed or not bwd) and not sampling and not overhead}" ${BENCH_TIMEOUT:-150}
   bench bench_compile "cuda and compile and patch_embed and fwd and not fwdbwd" 60
+  bench bench_overhead "overhead and cuda" 60
 fi
 if [ "${SAMPLING:-0}" = 1 ]; then
   BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_sampling "sampling and cuda" 200

@@ -1,6 +1,7 @@
 """Summarise a GPU check: test counts and failures from JUnit XML, and for each CUDA benchmark
-its median, GB/s, TFLOP/s and % of the copy bandwidth measured in the same run, plus the fused
-provider's speed-up over each other provider in its group. Writes one JSON and prints a table."""
+its median, GB/s, TFLOP/s and % of the copy bandwidth measured in the same run (launch-loop and
+CUDA-graph device times, bench/common.py), plus the fused provider's speed-up over each other
+provider in its group. Writes one JSON and prints a table."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def bench_summary(paths: list[str]) -> tuple[list[dict], dict]:
                 "gbs": info.get("gbs"),
                 "tflops": info.get("tflops"),
                 "pct_copy_bw": info.get("pct_copy_bw"),
+                "gpu_ms": info.get("gpu_ms"),
+                "gpu_pct_copy_bw": info.get("gpu_pct_copy_bw"),
                 "copy_bw_gbs": info.get("copy_bw_gbs"),
                 "peak_bytes": info.get("peak_bytes"),
                 "device": info.get("device"),
@@ -62,6 +65,12 @@ def bench_summary(paths: list[str]) -> tuple[list[dict], dict]:
             for name, p in providers.items() if name != "fused"
         }
         ratios[group]["fused_pct_copy_bw"] = fused["pct_copy_bw"]
+        if fused.get("gpu_ms"):  # device time (CUDA graph replay): the host out of the loop
+            ratios[group].update({
+                f"gpu_fused_vs_{name}": (p["gpu_ms"] / fused["gpu_ms"]) if p.get("gpu_ms") else None
+                for name, p in providers.items() if name != "fused"
+            })
+            ratios[group]["gpu_fused_pct_copy_bw"] = fused["gpu_pct_copy_bw"]
     return rows, ratios
 
 
@@ -105,8 +114,10 @@ def main() -> None:
     for r in rows:
         if r["median_ms"] is None:
             continue
+        gpu = (f" | graph {r['gpu_ms']:9.4f} ms {r['gpu_pct_copy_bw'] or 0:6.1f}% copy" if r.get("gpu_ms")
+               else "")
         print(f"{r['name']:<70} {r['median_ms']:9.4f} ms {r['gbs'] or 0:8.1f} GB/s {r['tflops'] or 0:7.2f} TF/s "
-              f"{(r['pct_copy_bw'] or 0):6.1f}% copy")
+              f"{(r['pct_copy_bw'] or 0):6.1f}% copy{gpu}")
     for group, rr in ratios.items():
         print(group, {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rr.items()})
 

@@ -1,7 +1,7 @@
 // All operator schemas of the `davae_ext` namespace, in one place, and the Python module init.
 //
 // Each op is a dispatcher op: CPU kernels register in csrc/cpu/<op>.cpp and CUDA kernels in
-// csrc/cuda/<op>.cu with TORCH_LIBRARY_IMPL. Autograd (register_autograd) and the shape-only
+// csrc/cuda/<op>.cu with TORCH_LIBRARY_IMPL, autograd in csrc/autograd/<op>.cpp. The shape-only
 // fake kernels (register_fake) live on the Python side, in python/davae_ext/_library/, so the
 // ops work under torch.compile and torch.export. Backward kernels are ops of their own.
 #include <pybind11/pybind11.h>

@@ -4,6 +4,13 @@ Each function validates its inputs, then runs the compiled kernel for the tensor
 (``torch.ops.davae_ext.*``, with autograd, ``torch.compile`` and ``torch.export`` support) or,
 when the backend is ``"reference"`` or no kernel exists for that device, the pure-PyTorch twin in
 :mod:`davae_ext.reference`. Both give the same results to floating-point tolerance.
+
+The fused path is built for per-call cost (these ops are small: at SD3 sizes a CUDA kernel runs
+for a few microseconds, so host overhead decides the op's time): it calls the op's overload
+directly and lets the C++ host checks (``csrc/checks.cpp``, the same checks) validate. Only when
+those reject an input does the Python validation run again, to raise the same error worded with
+``torch`` dtype names. Under ``torch.compile`` the Python checks run first, as they cost nothing
+at run time there.
 """
 
 from __future__ import annotations
@@ -14,7 +21,23 @@ import torch
 
 from . import _backend, _validate, reference
 
+_ops = torch.ops.davae_ext if _backend.EXT_LOADED else None
+
 __all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed"]
+
+
+def _call(first, check, fused, fallback):
+    """fused() when the compiled op runs for tensors like ``first``, else fallback(); validated
+    by ``check()`` (which raises) as the module docstring says."""
+    use_fused = isinstance(first, torch.Tensor) and _backend.use_fused(first)
+    if use_fused and not torch.compiler.is_compiling():
+        try:
+            return fused()
+        except (TypeError, ValueError, RuntimeError):
+            check()  # raises the same error in the Python wording; anything else propagates
+            raise
+    check()
+    return fused() if use_fused else fallback()
 
 
 def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_first") -> torch.Tensor:
@@ -24,10 +47,9 @@ def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_f
     order: "base_first" (the paper's layout) or "detail_first" (the official SD3 checkpoints').
     """
     detail_first = _validate.order_flag("latent_concat", order)
-    _validate.base_detail("latent_concat", base, detail)
-    if _backend.use_fused(base):
-        return torch.ops.davae_ext.latent_concat(base, detail, detail_first)
-    return reference.latent_concat(base, detail, order)
+    check = lambda: _validate.base_detail("latent_concat", base, detail)  # noqa: E731
+    return _call(base, check, lambda: _ops.latent_concat.default(base, detail, detail_first),
+                 lambda: reference.latent_concat(base, detail, order))
 
 
 def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
@@ -36,10 +58,9 @@ def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
     detail: (B, D, H, W) -> (B, C, H, W) with C = base_channels; channel c is the mean of detail
     channels [c*r, (c+1)*r), r = D / C.
     """
-    _validate.project("detail_project", detail, base_channels)
-    if _backend.use_fused(detail):
-        return torch.ops.davae_ext.detail_project(detail, base_channels)
-    return reference.detail_project(detail, base_channels)
+    check = lambda: _validate.project("detail_project", detail, base_channels)  # noqa: E731
+    return _call(detail, check, lambda: _ops.detail_project.default(detail, base_channels),
+                 lambda: reference.detail_project(detail, base_channels))
 
 
 def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -50,10 +71,9 @@ def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str =
     The reduction is deterministic (same bits on every run).
     """
     code = _validate.reduction_code("detail_align_loss", reduction)
-    _validate.align("detail_align_loss", detail, base)
-    if _backend.use_fused(detail):
-        return torch.ops.davae_ext.detail_align_loss(detail, base, code)
-    return reference.detail_align_loss(detail, base, reduction)
+    check = lambda: _validate.align("detail_align_loss", detail, base)  # noqa: E731
+    return _call(detail, check, lambda: _ops.detail_align_loss.default(detail, base, code),
+                 lambda: reference.detail_align_loss(detail, base, reduction))
 
 
 def detail_patch_embed(
@@ -73,9 +93,12 @@ def detail_patch_embed(
     -> (B, T, N) with T = (H / p) * (W / p).
     """
     detail_first = _validate.order_flag("detail_patch_embed", order)
-    _validate.patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size)
-    if _backend.use_fused(base):
-        return torch.ops.davae_ext.detail_patch_embed(
-            base, detail, weight, bias, pos_embed, patch_size, detail_first
-        )
-    return reference.detail_patch_embed(base, detail, weight, bias, pos_embed, patch_size, order)
+    check = lambda: _validate.patch_embed(  # noqa: E731
+        "detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size
+    )
+    return _call(
+        base,
+        check,
+        lambda: _ops.detail_patch_embed.default(base, detail, weight, bias, pos_embed, patch_size, detail_first),
+        lambda: reference.detail_patch_embed(base, detail, weight, bias, pos_embed, patch_size, order),
+    )

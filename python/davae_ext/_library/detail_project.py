@@ -2,8 +2,6 @@ import torch
 
 from .. import _validate
 
-_op = torch.ops.davae_ext
-
 
 @torch.library.register_fake("davae_ext::detail_project")
 def _fake(detail, base_channels):
@@ -17,13 +15,3 @@ def _fake_backward(grad, detail_channels):
     _validate.groups("detail_project_backward", C, detail_channels)
     return grad.new_empty((B, detail_channels, H, W))
 
-
-def _setup_context(ctx, inputs, output):
-    ctx.detail_channels = inputs[0].shape[1]
-
-
-def _backward(ctx, grad):
-    return _op.detail_project_backward(grad, ctx.detail_channels), None
-
-
-torch.library.register_autograd("davae_ext::detail_project", _backward, setup_context=_setup_context)

@@ -2,8 +2,6 @@ import torch
 
 from .. import _validate
 
-_op = torch.ops.davae_ext
-
 
 @torch.library.register_fake("davae_ext::latent_concat")
 def _fake(base, detail, detail_first=False):
@@ -17,16 +15,3 @@ def _fake_backward(grad, base_channels, detail_first=False):
     torch._check(0 < base_channels < CD, lambda: f"base_channels must be in [1, {CD - 1}]")
     return grad.new_empty((B, base_channels, H, W)), grad.new_empty((B, CD - base_channels, H, W))
 
-
-def _setup_context(ctx, inputs, output):
-    base, _, detail_first = inputs
-    ctx.base_channels = base.shape[1]
-    ctx.detail_first = detail_first
-
-
-def _backward(ctx, grad):
-    d_base, d_detail = _op.latent_concat_backward(grad, ctx.base_channels, ctx.detail_first)
-    return d_base, d_detail, None
-
-
-torch.library.register_autograd("davae_ext::latent_concat", _backward, setup_context=_setup_context)
