@@ -320,32 +320,48 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// d_pos / d_bias pass: a block (32 x 8 threads) owns 32 * VEC hidden columns and kPosRows token
+// d_pos / d_bias pass: a block (32 x 8 threads) owns 32 * VEC hidden columns and `rows` token
 // rows. Each thread sums dOut over the batch for its rows (VEC columns at once), writes d_pos,
 // and keeps the column sum; the 8 row groups are then added in a fixed order into
 // partial[blockIdx.y, n]. bias_grad_kernel adds the partials in index order: deterministic.
-constexpr int kPosRows = 64;
+// `rows` (a multiple of kPosGroups, at most kMaxPosRows) comes from pos_rows(): fewer rows per
+// block when T is short, so the pass still spreads over the GPU.
+constexpr int kMaxPosRows = 64;
 constexpr int kPosGroups = 8;
+constexpr int64_t kMinPosBlocks = 256;
+
+// Token rows per block of the d_pos / d_bias pass: the most (up to kMaxPosRows) that still gives
+// kMinPosBlocks blocks. A function of the shape only, so the order in which d_bias adds its
+// partials (and so its bits) never depends on the GPU. ImageNet (T = 256, N = 1152): 8 rows,
+// 160 blocks, where a fixed 64 gave 20 blocks for 19 MB of dOut.
+int64_t pos_rows(int64_t T_, int64_t column_blocks) {
+  int64_t rows = kMaxPosRows;
+  while (rows > kPosGroups && column_blocks * ((T_ + rows - 1) / rows) < kMinPosBlocks) rows /= 2;
+  TORCH_CHECK((T_ + rows - 1) / rows <= 65535, "detail_patch_embed_backward: too many tokens for one launch (",
+              T_, ")");
+  return rows;
+}
 
 template <int VEC, typename T>
 __global__ void __launch_bounds__(32 * kPosGroups)
     pos_grad_kernel(const T* __restrict__ grad, T* __restrict__ d_pos, float* __restrict__ partial,
-                    int64_t B, int64_t T_, int64_t N) {
+                    int64_t B, int64_t T_, int64_t N, int rows) {
   using V = Vec<T, VEC>;
   __shared__ float red[kPosGroups][32 * VEC];
   const int64_t n = (int64_t(blockIdx.x) * 32 + threadIdx.x) * VEC;
-  const int64_t t0 = int64_t(blockIdx.y) * kPosRows;
+  const int64_t t0 = int64_t(blockIdx.y) * rows;
   float col[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) col[j] = 0.f;
   if (n < N) {  // N % VEC == 0 when VEC > 1
 #pragma unroll 4
-    for (int r = threadIdx.y; r < kPosRows; r += kPosGroups) {
+    for (int r = threadIdx.y; r < rows; r += kPosGroups) {
       const int64_t t = t0 + r;
       if (t >= T_) break;
       float v[VEC];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) v[j] = 0.f;
+#pragma unroll 4  // independent loads in flight; the adds stay in batch order
       for (int64_t b = 0; b < B; ++b) {
         const V g = *reinterpret_cast<const V*>(grad + (b * T_ + t) * N + n);
 #pragma unroll
@@ -490,27 +506,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
   DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_patch_embed_backward_cuda", [&] {
     if (need_bias || need_pos) {
       if (need_pos) d_pos = at::empty({1, T_, N}, grad.options());
-      const int64_t chunks = (T_ + kPosRows - 1) / kPosRows;
-      at::Tensor partial = need_bias ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
+      if (need_bias) d_bias = at::empty({N}, grad.options());
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dpp = need_pos ? d_pos.data_ptr<scalar_t>() : nullptr;
-      float* pp = need_bias ? partial.data_ptr<float>() : nullptr;
       const bool aligned = aligned16(gp) && (dpp == nullptr || aligned16(dpp));
-      if (N > 0 && chunks > 0) {
+      if (N > 0 && T_ > 0) {
         with_vec<scalar_t>(N, aligned, [&](auto vec) {
           constexpr int V = decltype(vec)::value;
-          const dim3 grid(static_cast<unsigned>((N + 32 * V - 1) / (32 * V)), static_cast<unsigned>(chunks));
-          pos_grad_kernel<V, scalar_t><<<grid, dim3(32, kPosGroups), 0, stream>>>(gp, dpp, pp, s.B, T_, N);
+          const int64_t column_blocks = (N + 32 * V - 1) / (32 * V);
+          const int64_t rows = pos_rows(T_, column_blocks);
+          const int64_t chunks = (T_ + rows - 1) / rows;
+          at::Tensor partial = need_bias ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
+          float* pp = need_bias ? partial.data_ptr<float>() : nullptr;
+          const dim3 grid(static_cast<unsigned>(column_blocks), static_cast<unsigned>(chunks));
+          pos_grad_kernel<V, scalar_t><<<grid, dim3(32, kPosGroups), 0, stream>>>(gp, dpp, pp, s.B, T_, N,
+                                                                                  static_cast<int>(rows));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (need_bias) {
+            bias_grad_kernel<scalar_t><<<blocks_for(N), kThreads, 0, stream>>>(pp, d_bias.data_ptr<scalar_t>(),
+                                                                               chunks, N);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
         });
-      }
-      if (need_bias) {
-        d_bias = at::empty({N}, grad.options());
-        if (N > 0) {
-          bias_grad_kernel<scalar_t><<<blocks_for(N), kThreads, 0, stream>>>(
-              partial.const_data_ptr<float>(), d_bias.data_ptr<scalar_t>(), chunks, N);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+      } else if (need_bias) {
+        d_bias.zero_();  // no tokens: the sum over none
       }
     }
     if (need_input) {
