@@ -72,14 +72,25 @@ def test_backward_skips_unneeded_gradients():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_deterministic_gradients(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+# Everything; and fine-tuning's weight + bias (on CUDA in 16 bits: one cuBLASLt GEMM whose epilogue
+# gives d_bias).
+@pytest.mark.parametrize("mask", [[True, True, True, True], [False, True, True, False]], ids=["all", "weight+bias"])
+def test_deterministic_gradients(device, dtype, mask):
     require_ext()
-    base, detail, weight, bias, pos, p = _inputs((4, 16, 16, 32, 32, 2, 64), torch.float32, device, "contiguous", "bias+pos", False)
-    g = torch.randn(4, 256, 64, device=device)
-    first = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
-    again = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, [True, True, True, True])
+    base, detail, weight, bias, pos, p = _inputs((4, 16, 16, 32, 32, 2, 64), dtype, device, "contiguous", "bias+pos", False)
+    g = torch.randn(4, 256, 64, device=device).to(dtype)
+    first = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, mask)
+    again = torch.ops.davae_ext.detail_patch_embed_backward(g, base, detail, weight, p, False, mask)
     for a, b in zip(first, again):
         assert torch.equal(a, b)
+    # And the values: d_weight and d_bias against float64 sums.
+    A = torch.cat((base, detail), 1).double().unfold(2, p, p).unfold(3, p, p)  # [B, C+D, Hp, Wp, p, p]
+    A = A.permute(0, 2, 3, 1, 4, 5).reshape(4 * 256, -1)
+    g64 = g.double().reshape(-1, 64)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(first[2].double().reshape(64, -1), g64.t() @ A, rtol=tol, atol=tol * 4)
+    torch.testing.assert_close(first[3].double(), g64.sum(0), rtol=tol, atol=tol * 4)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -1,8 +1,11 @@
-// One cuBLASLt call for the patch-embed GEMM with its whole epilogue:
-//   out[b] = A[b] W^T + bias + pos          (A[b]: [T, K], W: [N, K], pos: [T, N], out[b]: [T, N])
-// bias through CUBLASLT_EPILOGUE_BIAS, pos as the C matrix (beta = 1) with batch stride 0, so the
-// positional embedding is read, never copied, and out is written once. Returns false when
-// cuBLASLt offers no algorithm or the call fails; the caller then runs its own kernel.
+// The patch embed's GEMMs through cuBLASLt, each one call with its epilogue:
+//   forward:  out[b] = A[b] W^T + bias + pos   (A[b]: [T, K], W: [N, K], pos: [T, N], out[b]: [T, N])
+//             bias through CUBLASLT_EPILOGUE_BIAS, pos as the C matrix (beta = 1) with batch
+//             stride 0, so the positional embedding is read, never copied, and out is written once;
+//   backward: d_weight = dOut^T A and d_bias = column sums of dOut (CUBLASLT_EPILOGUE_BGRADB), so
+//             dOut is read once for both.
+// Each returns false when cuBLASLt offers no algorithm or the call fails; the caller then runs
+// its own path.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -49,8 +52,44 @@ inline uint32_t alignment_of(const void* p) {
   return a;
 }
 
-// Column-major view (cuBLASLt's): D^T[N, B*T] = W[N, K] (stored as col-major K x N, transposed)
-// times A^T[K, B*T] (col-major K x M), batched over b with T columns each.
+// Asks the heuristic for one algorithm for the GEMM described by h.op / h.a-d (alignments taken
+// from the pointers) and runs D = op(A) op(B) + beta C on `stream`.
+inline bool lt_matmul(LtDescriptors& h, const void* A, const void* B, float beta, const void* C, void* D,
+                      cudaStream_t stream) {
+  size_t workspace = at::cuda::getCUDABlasLtWorkspaceSize();
+  void* ws = at::cuda::getCUDABlasLtWorkspace();
+  if (!lt_ok(cublasLtMatmulPreferenceCreate(&h.pref))) return false;
+  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
+  const uint32_t align_a = alignment_of(A), align_b = alignment_of(B), align_c = alignment_of(C),
+                 align_d = alignment_of(D);
+  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a));
+  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b));
+  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c));
+  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
+  if (!lt_ok(cublasLtMatmulAlgoGetHeuristic(handle, h.op, h.a, h.b, h.c, h.d, h.pref, 1, &result, &found)) || found == 0)
+    return false;
+  const float alpha = 1.f;
+  return lt_ok(cublasLtMatmul(handle, h.op, &alpha, A, h.a, B, h.b, &beta, C, h.c, D, h.d, &result.algo, ws,
+                              workspace, stream));
+}
+
+inline bool lt_op_desc(LtDescriptors& h, cublasOperation_t trans_a, cublasOperation_t trans_b) {
+  if (!lt_ok(cublasLtMatmulDescCreate(&h.op, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
+  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a));
+  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b));
+  return true;
+}
+
+inline void lt_epilogue(LtDescriptors& h, cublasLtEpilogue_t epilogue, const void* vector) {
+  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
+  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector, sizeof(vector));
+}
+
+// Forward. Column-major view (cuBLASLt's): D^T[N, B*T] = W[N, K] (stored as col-major K x N,
+// transposed) times A^T[K, B*T] (col-major K x M), batched over b with T columns each.
 template <typename T>
 bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, int64_t B, int64_t Tn,
                    int64_t N, int64_t K, cudaStream_t stream) {
@@ -59,15 +98,8 @@ bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, 
   const bool batched = pos != nullptr && B > 1;
   const int64_t cols = batched ? Tn : B * Tn;  // columns of one batch entry of D
   const int32_t batch = batched ? static_cast<int32_t>(B) : 1;
-  if (!lt_ok(cublasLtMatmulDescCreate(&h.op, CUBLAS_COMPUTE_32F, CUDA_R_32F))) return false;
-  const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT));
-  cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN));
-  if (bias != nullptr) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi));
-    cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
-  }
+  if (!lt_op_desc(h, CUBLAS_OP_T, CUBLAS_OP_N)) return false;
+  if (bias != nullptr) lt_epilogue(h, CUBLASLT_EPILOGUE_BIAS, bias);
   if (!lt_ok(cublasLtMatrixLayoutCreate(&h.a, dt, K, N, K)) ||        // W: col-major K x N, used transposed
       !lt_ok(cublasLtMatrixLayoutCreate(&h.b, dt, K, cols, K)) ||     // A^T: col-major K x cols
       !lt_ok(cublasLtMatrixLayoutCreate(&h.c, dt, N, cols, N)) ||     // pos^T (or D)
@@ -82,25 +114,29 @@ bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, 
     cublasLtMatrixLayoutSetAttribute(h.c, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &zero, sizeof(zero));
     cublasLtMatrixLayoutSetAttribute(h.d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_d, sizeof(stride_d));
   }
-  size_t workspace = at::cuda::getCUDABlasLtWorkspaceSize();
-  void* ws = at::cuda::getCUDABlasLtWorkspace();
-  if (!lt_ok(cublasLtMatmulPreferenceCreate(&h.pref))) return false;
-  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
-  const uint32_t align_a = alignment_of(W), align_b = alignment_of(A), align_d = alignment_of(out);
-  const uint32_t align_c = pos != nullptr ? alignment_of(pos) : align_d;
-  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a));
-  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b));
-  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c));
-  cublasLtMatmulPreferenceSetAttribute(h.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
-  if (!lt_ok(cublasLtMatmulAlgoGetHeuristic(handle, h.op, h.a, h.b, h.c, h.d, h.pref, 1, &result, &found)) || found == 0)
-    return false;
-  const float alpha = 1.f, beta = pos != nullptr ? 1.f : 0.f;
+  const float beta = pos != nullptr ? 1.f : 0.f;
   const void* c_ptr = pos != nullptr ? static_cast<const void*>(pos) : static_cast<const void*>(out);
-  return lt_ok(cublasLtMatmul(handle, h.op, &alpha, W, h.a, A, h.b, &beta, c_ptr, h.c, out, h.d, &result.algo, ws,
-                              workspace, stream));
+  return lt_matmul(h, W, A, beta, c_ptr, out, stream);
+}
+
+// Backward, d_weight [N, K] = dOut^T [N, M] A [M, K] and, when d_bias is given, d_bias [N] = the
+// sum of dOut over its M rows, from the same pass over dOut. Column-major view: D[K, N] (d_weight
+// row-major) = A^T[K, M] (A row-major [M, K]) times dOut[M, N] (dOut row-major is col-major
+// N x M, used transposed); the GEMM's reduction dimension is M, and BGRADB reduces the B operand
+// (dOut) over it into a vector of D's N columns.
+template <typename T>
+bool lt_weight_grad(const T* A, const T* dOut, T* d_weight, T* d_bias, int64_t M, int64_t N, int64_t K,
+                    cudaStream_t stream) {
+  constexpr cudaDataType_t dt = LtType<T>::value;
+  LtDescriptors h;
+  if (!lt_op_desc(h, CUBLAS_OP_N, CUBLAS_OP_T)) return false;
+  if (d_bias != nullptr) lt_epilogue(h, CUBLASLT_EPILOGUE_BGRADB, d_bias);
+  if (!lt_ok(cublasLtMatrixLayoutCreate(&h.a, dt, K, M, K)) ||  // A^T: col-major K x M
+      !lt_ok(cublasLtMatrixLayoutCreate(&h.b, dt, N, M, N)) ||  // dOut: col-major N x M, used transposed
+      !lt_ok(cublasLtMatrixLayoutCreate(&h.c, dt, K, N, K)) ||
+      !lt_ok(cublasLtMatrixLayoutCreate(&h.d, dt, K, N, K)))    // d_weight: col-major K x N
+    return false;
+  return lt_matmul(h, A, dOut, 0.f, d_weight, d_weight, stream);
 }
 
 }  // namespace davae::cuda

@@ -1,6 +1,9 @@
 // detail_patch_embed on CUDA.
 //
-// Forward: one kernel. A block owns a 128-token x 128-hidden output tile. For each 32-wide slice
+// Forward, float16 / bfloat16: a coalesced gather of the patch matrix A from base and detail, then
+// one cuBLASLt GEMM with the bias and positional embedding in its epilogue (patch_embed_lt below).
+// Forward, float32, and the 16-bit fallback (DAVAE_PATCH_EMBED_LT=0, or no cuBLASLt algorithm):
+// one tiled kernel. A block owns a 128-token x 128-hidden output tile. For each 32-wide slice
 // of K = (C+D) p^2 it gathers the A tile straight from base and detail (the concatenated latent
 // never exists; a per-block column table holds each column's source and offset, from
 // index_math.h) and the matching weight tile through registers into shared memory (the next
@@ -10,11 +13,13 @@
 // The epilogue stages the float tile through shared memory (in two 64-row halves), adds bias and
 // the positional embedding, converts, and writes with 16-byte vector stores.
 //
-// Backward (not one kernel): d_pos_embed and d_bias come from one vectorised pass over dOut
-// (d_bias as a deterministic two-stage column sum of d_pos_embed); d_input = dOut W is one
-// cuBLAS GEMM whose [M, K] result is scattered straight into d_base / d_detail (patches do not overlap: no col2im
-// accumulation); d_weight = dOut^T A is one cuBLAS GEMM on A re-gathered from base and detail.
-// dOut is read three times (pos/bias pass and the two GEMMs).
+// Backward (not one kernel): d_weight = dOut^T A is one cuBLASLt GEMM on A re-gathered from base
+// and detail, whose BGRADB epilogue also gives d_bias when d_pos is not asked for (the usual
+// fine-tuning case: pos_embed is a buffer), so dOut is read once for both. When d_pos is asked for,
+// one vectorised pass over dOut gives d_pos and d_bias (a deterministic two-stage column sum).
+// d_input = dOut W is one GEMM whose [M, K] result is scattered straight into d_base / d_detail
+// (patches do not overlap: no col2im accumulation). dOut is read once per GEMM asked for, plus
+// once for d_pos.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -444,6 +449,20 @@ bool patch_embed_lt(const at::Tensor& b, const at::Tensor& d, const at::Tensor& 
   }
 }
 
+// d_weight = dOut^T A through cuBLASLt for 16-bit inputs; with `d_bias` given, the GEMM's BGRADB
+// epilogue also sums dOut's rows into it, so dOut is read once for both. False: not taken (the
+// caller runs at::mm and the d_pos/d_bias pass). DAVAE_PATCH_EMBED_LT=0 disables it too.
+template <typename T>
+bool weight_grad_lt(const at::Tensor& A, const at::Tensor& g, at::Tensor& d_weight, T* d_bias, const PatchShape& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (!lt_enabled() || s.M() == 0 || s.N == 0 || s.K() == 0) return false;
+    return lt_weight_grad<T>(A.const_data_ptr<T>(), g.const_data_ptr<T>(), d_weight.data_ptr<T>(), d_bias, s.M(), s.N,
+                             s.K(), at::cuda::getCurrentCUDAStream());
+  }
+}
+
 at::Tensor patch_embed_cuda(const at::Tensor& base, const at::Tensor& detail,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
@@ -504,9 +523,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
   auto stream = at::cuda::getCurrentCUDAStream();
 
   DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_patch_embed_backward_cuda", [&] {
-    if (need_bias || need_pos) {
+    // d_weight first: when d_pos is not asked for (the usual fine-tuning case, where pos_embed is
+    // a buffer) its GEMM's epilogue also gives d_bias, and the d_pos/d_bias pass is skipped.
+    bool bias_from_gemm = false;
+    if (need_weight) {
+      const at::Tensor b = base.contiguous();
+      const at::Tensor d = detail.contiguous();
+      at::Tensor A = at::empty({M, K}, base.options());
+      launch_move<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
+                         const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first);
+      at::Tensor dw = at::empty({N, K}, grad.options());
+      at::Tensor fused_bias = need_bias && !need_pos ? at::empty({N}, grad.options()) : at::Tensor();
+      if (weight_grad_lt<scalar_t>(A, g, dw, fused_bias.defined() ? fused_bias.data_ptr<scalar_t>() : nullptr, s)) {
+        if (fused_bias.defined()) {
+          d_bias = fused_bias;
+          bias_from_gemm = true;
+        }
+      } else {
+        at::mm_out(dw, g.t(), A);
+      }
+      d_weight = dw.view({N, s.C + s.D, s.p, s.p});
+    }
+    const bool bias_in_pass = need_bias && !bias_from_gemm;
+    if (bias_in_pass || need_pos) {
       if (need_pos) d_pos = at::empty({1, T_, N}, grad.options());
-      if (need_bias) d_bias = at::empty({N}, grad.options());
+      if (bias_in_pass) d_bias = at::empty({N}, grad.options());
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dpp = need_pos ? d_pos.data_ptr<scalar_t>() : nullptr;
       const bool aligned = aligned16(gp) && (dpp == nullptr || aligned16(dpp));
@@ -516,19 +557,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
           const int64_t column_blocks = (N + 32 * V - 1) / (32 * V);
           const int64_t rows = pos_rows(T_, column_blocks);
           const int64_t chunks = (T_ + rows - 1) / rows;
-          at::Tensor partial = need_bias ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
-          float* pp = need_bias ? partial.data_ptr<float>() : nullptr;
+          at::Tensor partial = bias_in_pass ? at::empty({chunks, N}, grad.options().dtype(at::kFloat)) : at::Tensor();
+          float* pp = bias_in_pass ? partial.data_ptr<float>() : nullptr;
           const dim3 grid(static_cast<unsigned>(column_blocks), static_cast<unsigned>(chunks));
           pos_grad_kernel<V, scalar_t><<<grid, dim3(32, kPosGroups), 0, stream>>>(gp, dpp, pp, s.B, T_, N,
                                                                                   static_cast<int>(rows));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          if (need_bias) {
+          if (bias_in_pass) {
             bias_grad_kernel<scalar_t><<<blocks_for(N), kThreads, 0, stream>>>(pp, d_bias.data_ptr<scalar_t>(),
                                                                                chunks, N);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
         });
-      } else if (need_bias) {
+      } else if (bias_in_pass) {
         d_bias.zero_();  // no tokens: the sum over none
       }
     }
@@ -538,14 +579,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_emb
       d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
       launch_move<true>(const_cast<scalar_t*>(dA.const_data_ptr<scalar_t>()), d_base.data_ptr<scalar_t>(),
                         d_detail.data_ptr<scalar_t>(), s, detail_first);
-    }
-    if (need_weight) {
-      const at::Tensor b = base.contiguous();
-      const at::Tensor d = detail.contiguous();
-      at::Tensor A = at::empty({M, K}, base.options());
-      launch_move<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
-                         const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first);
-      d_weight = at::mm(g.t(), A).view({N, s.C + s.D, s.p, s.p});
     }
   });
   return {d_base, d_detail, d_weight, d_bias, d_pos};
