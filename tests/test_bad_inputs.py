@@ -83,6 +83,11 @@ CASES = [
     ("patch-grad-shape", None,
      lambda: torch.ops.davae_ext.detail_patch_embed_backward(x4(1, 8, 32), x4(1, 16, 6, 6), x4(1, 16, 6, 6), W(), 2, False, [True] * 4),
      ValueError, ["'grad' must have shape [1, 9, 32]", "got [1, 8, 32]"]),
+    # A bool is an int to the dispatcher; the public ops reject it (on both backends).
+    ("patch-size-bool", lambda: ops.detail_patch_embed(x4(1, 16, 6, 6), x4(1, 16, 6, 6), W(p=1), None, None, True),
+     None, ValueError, ["'patch_size' must be a positive int", "got True"]),
+    ("project-channels-bool", lambda: ops.detail_project(x4(2, 4, 6, 6), True),
+     None, ValueError, ["'base_channels' must be a positive int", "got True"]),
     ("patch-device", lambda: ops.detail_patch_embed(x4(1, 16, 6, 6), x4(1, 16, 6, 6), W().to("meta"), None, None, 2),
      None, ValueError, ["'weight' must be on device cpu", "got meta"]),
 ]

@@ -59,6 +59,8 @@ def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
     channels [c*r, (c+1)*r), r = D / C.
     """
     check = lambda: _validate.project("detail_project", detail, base_channels)  # noqa: E731
+    if isinstance(base_channels, bool):  # the op's int would take a bool; the Python check rejects it
+        check()
     return _call(detail, check, lambda: _ops.detail_project.default(detail, base_channels),
                  lambda: reference.detail_project(detail, base_channels))
 
@@ -96,6 +98,8 @@ def detail_patch_embed(
     check = lambda: _validate.patch_embed(  # noqa: E731
         "detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size
     )
+    if isinstance(patch_size, bool):  # the op's int would take a bool; the Python check rejects it
+        check()
     return _call(
         base,
         check,
