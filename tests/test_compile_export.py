@@ -64,3 +64,25 @@ def test_export_roundtrip():
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert any("davae_ext.detail_patch_embed" in t for t in targets), targets
     torch.testing.assert_close(exported.module()(base, detail), model(base, detail))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if CUDA else []))
+def test_compiled_autograd_traces_the_cpp_backward(device):
+    """An eager forward whose backward runs under compiled autograd (as trainers that compile the
+    backward do): the ops' C++ autograd nodes are traced, and the gradients match eager."""
+    require_ext()
+    compiled_autograd = pytest.importorskip("torch._dynamo.compiled_autograd")
+    enable = getattr(compiled_autograd, "_enable", None) or getattr(compiled_autograd, "enable", None)
+    if enable is None:
+        pytest.skip("this torch has no compiled-autograd context manager")
+    model = AllOps().to(device)
+    eager_out, eager_grads = _run(model, model, device)
+    base, detail = _inputs(device)
+    detail.requires_grad_()
+    out = model(base, detail)
+    with enable(torch.compile(backend="eager", fullgraph=True)):
+        out.backward()
+    grads = [detail.grad] + [p.grad.clone() for p in model.parameters()]
+    torch.testing.assert_close(out.detach(), eager_out)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e)

@@ -23,6 +23,7 @@ using AlignBackward = BackwardOpFunction<AlignBackwardOp>;
 
 class DetailAlignLoss : public torch::autograd::Function<DetailAlignLoss> {
  public:
+  static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& detail, const at::Tensor& base,
                             int64_t reduction) {
     ctx->save_for_backward({detail, base});

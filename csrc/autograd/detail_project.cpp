@@ -18,6 +18,7 @@ using ProjectBackward = BackwardOpFunction<ProjectBackwardOp>;
 
 class DetailProject : public torch::autograd::Function<DetailProject> {
  public:
+  static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& detail, int64_t base_channels) {
     ctx->saved_data["detail_channels"] = detail.dim() > 1 ? detail.size(1) : int64_t{0};
     static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>("davae_ext::detail_project");

@@ -21,6 +21,7 @@ using ConcatBackward = BackwardOpFunction<ConcatBackwardOp>;
 
 class LatentConcat : public torch::autograd::Function<LatentConcat> {
  public:
+  static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& base, const at::Tensor& detail,
                             bool detail_first) {
     ctx->saved_data["base_channels"] = base.dim() > 1 ? base.size(1) : int64_t{0};

@@ -32,6 +32,7 @@ bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->de
 
 class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
  public:
+  static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& base, const at::Tensor& detail,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
