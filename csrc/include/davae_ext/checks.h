@@ -1,9 +1,9 @@
 // Host-side input validation shared by the CPU and CUDA kernels. Every check raises a Python
 // exception (ValueError for shapes and devices, TypeError for dtypes) whose message names the op,
-// the argument, and the expected and actual shape, dtype or device. The Python layer
-// (davae_ext/_validate.py) runs the same checks with the same wording before reaching here, so
-// these are the guard for direct `torch.ops.davae_ext.*` calls: never a crash, never a silent
-// wrong answer.
+// the argument, and the expected and actual shape, dtype or device. These are the validation of
+// every eager call, through davae_ext.ops (which skips its Python checks, davae_ext/_validate.py,
+// unless these reject an input, and then raises the same error in Python's wording) or directly
+// through `torch.ops.davae_ext.*`: never a crash, never a silent wrong answer.
 #pragma once
 
 #include <ATen/core/Tensor.h>
