@@ -91,6 +91,38 @@ def test_patch_embed_without_max_size_recomputes_like_diffusers():
         assert torch.equal(module(base, torch.randn(1, 12, *size)), pretrained(base))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_patch_embed_caches_the_cropped_pos_embed_per_version(fused):
+    """SD3's centre crop is a T x N copy: made once per (size, dtype, device) and table version,
+    and never stale: in-place changes, load_state_dict and a replaced table all show up."""
+    pretrained = _pretrained_patch_embed()
+    module = DetailPatchEmbed.from_patch_embed(pretrained, 16, init="zero", fused=fused)
+    base, detail = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+
+    def check():
+        torch.testing.assert_close(module(base, detail), pretrained(base), rtol=1e-5, atol=1e-5)
+
+    check()
+    first = module._pos_for(8, 8, base.device)
+    assert first.is_contiguous()
+    assert module._pos_for(8, 8, base.device) is first  # cached: no copy on the second call
+    assert module._pos_for(8, 10, base.device) is not first  # another size: another entry
+    pretrained.pos_embed.mul_(-1.5)
+    module.pos_embed.mul_(-1.5)  # in place: the version changes
+    check()
+    assert module._pos_for(8, 8, base.device) is not first
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    pretrained.pos_embed.mul_(3.0)
+    state["pos_embed"] = pretrained.pos_embed.clone()
+    module.load_state_dict(state)
+    check()
+    module.pos_embed = pretrained.pos_embed.clone()  # a replaced table
+    check()
+    module.double()  # _apply drops the cache with the old table
+    assert "_pos_cache" not in module.__dict__
+    assert module._pos_for(8, 8, base.device).dtype == torch.float64
+
+
 def test_imagenet_style_dit_embedder_patch_size_one():
     """LightningDiT-style x_embedder: a Conv2d with kernel 1 (C=32, D=96), bare or as `.proj`."""
     torch.manual_seed(0)

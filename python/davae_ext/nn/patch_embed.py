@@ -153,9 +153,7 @@ class DetailPatchEmbed(nn.Module):
         table = self.pos_embed.reshape(1, self.pos_embed_max_size, self.pos_embed_max_size, -1)
         return table[:, top: top + h, left: left + w, :].reshape(1, -1, table.shape[-1])
 
-    def _pos_for(self, height: int, width: int, device) -> Optional[torch.Tensor]:
-        if self.pos_embed is None:
-            return None
+    def _pos_table(self, height: int, width: int, device) -> torch.Tensor:
         if self.pos_embed_max_size:
             return self.cropped_pos_embed(height, width)
         h, w = height // self.patch_size, width // self.patch_size
@@ -163,6 +161,35 @@ class DetailPatchEmbed(nn.Module):
             table = _sincos_pos_embed(self.pos_embed.shape[-1], (h, w), self.base_size, self.interpolation_scale)
             return table.float().unsqueeze(0).to(device)
         return self.pos_embed
+
+    def _pos_for(self, height: int, width: int, device, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+        """The positional embedding of a height x width latent, contiguous, in ``dtype`` (default:
+        the table's). SD3's centre crop (or a re-computed table) is a copy of T x N values; the
+        result is cached per (size, dtype, device) and per version of the ``pos_embed`` buffer, so
+        a sampling or training loop does not copy it on every call (at 2048 px, T x N = 4096 x 1536).
+        In-place changes and ``load_state_dict`` bump the buffer's version and so invalidate it."""
+        if self.pos_embed is None:
+            return None
+        dtype = dtype or self.pos_embed.dtype
+        table = self.pos_embed
+        if torch.compiler.is_compiling() or table.requires_grad or table.is_inference():
+            return self._pos_table(height, width, device).to(dtype)  # nothing to cache (or traced)
+        # One cache per table object and version: a replaced buffer (``.to()``, assignment) or an
+        # in-place change (``load_state_dict`` copies in place) starts a fresh one.
+        state = self.__dict__.get("_pos_cache")
+        if state is None or state[0] is not table or state[1] != table._version:
+            state = self.__dict__["_pos_cache"] = (table, table._version, {})
+        entries, key = state[2], (height, width, dtype, torch.device(device))
+        pos = entries.get(key)
+        if pos is None:
+            if len(entries) >= 8:  # a handful of resolutions (aspect-ratio buckets)
+                entries.clear()
+            pos = entries[key] = self._pos_table(height, width, device).to(dtype).contiguous()
+        return pos
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_pos_cache", None)  # .to() / .cuda() / .half(): do not hold the old table
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, latent: torch.Tensor, detail: Optional[torch.Tensor] = None) -> torch.Tensor:
         if detail is None:
@@ -173,14 +200,15 @@ class DetailPatchEmbed(nn.Module):
                 if t.dim() != 4 or t.shape[1] != n:
                     raise ValueError(f"DetailPatchEmbed: '{name}' must have shape [B, {n}, H, W], got {list(t.shape)}")
         height, width = base.shape[-2:]
-        pos = self._pos_for(height, width, base.device)
         bias = self.proj.bias
         if self.fused:
             dtype = base.dtype
+            pos = self._pos_for(height, width, base.device, dtype)
             return ops.detail_patch_embed(
-                base, detail, self.proj.weight.to(dtype), None if bias is None else bias.to(dtype),
-                None if pos is None else pos.to(dtype), self.patch_size, self.order,
+                base, detail, self.proj.weight.to(dtype), None if bias is None else bias.to(dtype), pos,
+                self.patch_size, self.order,
             )
+        pos = self._pos_for(height, width, base.device)
         w_base, w_detail = self._weights()
         x = F.conv2d(base, w_base, bias, stride=self.patch_size) + F.conv2d(detail, w_detail, None, stride=self.patch_size)
         x = x.flatten(2).transpose(1, 2)
