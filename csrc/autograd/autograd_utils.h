@@ -14,8 +14,6 @@
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
 
-#include <string>
-
 namespace davae::autograd {
 
 using torch::autograd::AutogradContext;
