@@ -10,7 +10,8 @@ from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
 # fused: the op (CUDA 16-bit: gather + one cuBLASLt GEMM with the epilogue); fused_tiled: the op
-# with DAVAE_PATCH_EMBED_LT=0, i.e. the single tiled WMMA kernel (CUDA only).
+# with DAVAE_PATCH_EMBED_LT=0, i.e. the single tiled WMMA kernel forward and, backward, at::mm plus
+# the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM (CUDA only).
 PROVIDERS = ["fused", "fused_tiled", "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
@@ -24,19 +25,21 @@ def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
     return out.view(B, -1, weight.shape[0]) + pos_embed
 
 
-def make_inputs(device, dtype, s, requires_grad):
+def make_inputs(device, dtype, s, requires_grad, only_weight_bias=False):
     g = torch.Generator().manual_seed(0)
 
-    def rnd(*shape, scale=1.0):
+    def rnd(*shape, scale=1.0, trained=True):
         t = (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
-        return t.requires_grad_(requires_grad)
+        return t.requires_grad_(requires_grad and trained)
 
-    # Every input is differentiable, so the backward runs all three GEMMs (d-input, d-weight)
-    # as in end-to-end training through the latents.
-    base = rnd(s.B, s.C, s.H, s.W)
-    detail = rnd(s.B, s.D, s.H, s.W)
+    # By default every input is differentiable, so the backward runs all three GEMMs (d-input,
+    # d-weight) and the d_pos pass, as in end-to-end training through the latents.
+    # only_weight_bias: fine-tuning's case (frozen latents, pos_embed a buffer).
+    all_inputs = not only_weight_bias
+    base = rnd(s.B, s.C, s.H, s.W, trained=all_inputs)
+    detail = rnd(s.B, s.D, s.H, s.W, trained=all_inputs)
     return [base, detail, rnd(s.hidden, s.C + s.D, s.p, s.p, scale=s.K ** -0.5), rnd(s.hidden),
-            rnd(1, s.T, s.hidden), s.p, "base_first"]
+            rnd(1, s.T, s.hidden, trained=all_inputs), s.p, "base_first"]
 
 
 def counts(s, elem, direction):
@@ -82,3 +85,26 @@ def bench_patch_embed(benchmark, case, direction, provider):
                "compile": compiled(reference.detail_patch_embed), "reshape_addmm": reshape_addmm}[provider]
     time_direction(benchmark, device, forward, make_inputs(device, dtype, s, direction != "fwd"),
                    direction, nbytes, flops)
+
+
+@pytest.mark.parametrize("provider", ["fused", "fused_tiled", "eager", "reshape_addmm"])
+@pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
+def bench_patch_embed_finetune_bwd(benchmark, case, provider):
+    """The backward of fine-tuning: gradients for weight and bias only (frozen latents, pos_embed
+    a buffer). On CUDA in 16 bits the fused op gets both from one cuBLASLt GEMM (BGRADB epilogue):
+    dOut read once; fused_tiled (DAVAE_PATCH_EMBED_LT=0) is at::mm plus the d_bias pass."""
+    device, dtype, s = case
+    if provider == "fused_tiled" and device != "cuda":
+        pytest.skip("DAVAE_PATCH_EMBED_LT only changes the CUDA paths")
+    benchmark.group = f"patch_embed-finetune_bwd-{case_id(case)}"
+    elem = torch.finfo(dtype).bits // 8
+    nbytes = elem * (s.M * s.hidden + s.M * s.K + s.hidden * s.K + s.hidden)  # dOut, latents, dW, d_bias
+    forward = {"fused": ops.detail_patch_embed, "fused_tiled": ops.detail_patch_embed,
+               "eager": reference.detail_patch_embed, "reshape_addmm": reshape_addmm}[provider]
+    inputs = make_inputs(device, dtype, s, True, only_weight_bias=True)
+    if provider == "fused_tiled":
+        os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
+    try:
+        time_direction(benchmark, device, forward, inputs, "bwd", nbytes, 2 * s.M * s.hidden * s.K)
+    finally:
+        os.environ.pop("DAVAE_PATCH_EMBED_LT", None)
