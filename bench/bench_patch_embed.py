@@ -1,6 +1,7 @@
 """detail_patch_embed: fused vs eager reference vs torch.compile(reference) vs reshape+addmm (the
 best eager formulation, as vLLM/SGLang do) vs the op's bare GEMMs (the floor)."""
 
+import contextlib
 import os
 
 import pytest
@@ -23,6 +24,20 @@ def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
     rows = x.view(B, CD, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, CD * p * p)
     out = torch.addmm(bias, rows, weight.view(weight.shape[0], -1).t())
     return out.view(B, -1, weight.shape[0]) + pos_embed
+
+
+@contextlib.contextmanager
+def lt_disabled(enabled: bool = True):
+    """DAVAE_PATCH_EMBED_LT=0 for the duration (the CUDA op reads it on every call): the tiled
+    kernel forward, and the backward without the cuBLASLt weight+bias GEMM."""
+    if not enabled:
+        yield
+        return
+    os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["DAVAE_PATCH_EMBED_LT"]
 
 
 def make_inputs(device, dtype, s, requires_grad, only_weight_bias=False):
@@ -71,11 +86,8 @@ def bench_patch_embed(benchmark, case, direction, provider):
     if provider == "fused_tiled":
         if device != "cuda":
             pytest.skip("the tiled kernel is the CUDA forward's alternative")
-        os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
-        try:
+        with lt_disabled():
             time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
-        finally:
-            del os.environ["DAVAE_PATCH_EMBED_LT"]
         return
     if provider == "bare_gemm":
         fn = bare_gemm(device, dtype, s, direction)
@@ -102,9 +114,5 @@ def bench_patch_embed_finetune_bwd(benchmark, case, provider):
     forward = {"fused": ops.detail_patch_embed, "fused_tiled": ops.detail_patch_embed,
                "eager": reference.detail_patch_embed, "reshape_addmm": reshape_addmm}[provider]
     inputs = make_inputs(device, dtype, s, True, only_weight_bias=True)
-    if provider == "fused_tiled":
-        os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
-    try:
+    with lt_disabled(provider == "fused_tiled"):
         time_direction(benchmark, device, forward, inputs, "bwd", nbytes, 2 * s.M * s.hidden * s.K)
-    finally:
-        os.environ.pop("DAVAE_PATCH_EMBED_LT", None)

@@ -87,6 +87,12 @@ def copy_bandwidth_gbs() -> float:
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+@functools.lru_cache(maxsize=None)
+def l2_flush_buffer() -> torch.Tensor:
+    """256 MiB to zero before a timed call, so no operand is still in L2 (H100: 50 MiB)."""
+    return torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+
+
 def cuda_median_ms(fn, warmup: int = 10, reps: int = 50, flush_l2: bool = True) -> float:
     """Median time of fn() on the GPU, with CUDA events; L2 flushed before each rep."""
     try:
@@ -95,7 +101,7 @@ def cuda_median_ms(fn, warmup: int = 10, reps: int = 50, flush_l2: bool = True) 
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
     except Exception:  # no triton, or an old one: hand-rolled events
         pass
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    flush = l2_flush_buffer() if flush_l2 else None
     for _ in range(warmup):
         fn()
     times = []
@@ -116,7 +122,7 @@ def cuda_graph_ms(fn, reps: int = 20, flush_l2: bool = True):
     L2 flush, captured in one CUDA graph and replayed under CUDA events; a graph of the flushes
     alone is timed the same way and subtracted. Returns (ms, None), or (None, reason) when fn
     cannot be captured (a host synchronisation, a CPU tensor, ...)."""
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    flush = l2_flush_buffer() if flush_l2 else None
 
     def body():
         if flush is not None:
