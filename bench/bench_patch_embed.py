@@ -10,10 +10,15 @@ import torch
 from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
-# fused: the op (CUDA 16-bit: gather + one cuBLASLt GEMM with the epilogue); fused_tiled: the op
-# with DAVAE_PATCH_EMBED_LT=0, i.e. the single tiled WMMA kernel forward and, backward, at::mm plus
-# the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM (CUDA only).
-PROVIDERS = ["fused", "fused_tiled", "eager", "compile", "reshape_addmm", "bare_gemm"]
+# fused: the op (CUDA 16-bit: gather + one cuBLASLt GEMM with the epilogue). CUDA only, the op with
+# one of its paths switched off by the variable it reads on every call (ENV_PROVIDERS):
+#   fused_tiled: DAVAE_PATCH_EMBED_LT=0, the single tiled WMMA kernel forward and, backward, at::mm
+#                plus the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM;
+#   fused_element_move: DAVAE_PATCH_TILE_MOVE=0, the per-element gather / scatter kernel instead of
+#                the shared-memory tile kernel (patch_tile.h) around the GEMMs.
+ENV_PROVIDERS = {"fused_tiled": {"DAVAE_PATCH_EMBED_LT": "0"},
+                 "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"}}
+PROVIDERS = ["fused", *ENV_PROVIDERS, "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
 def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
@@ -27,17 +32,18 @@ def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
 
 
 @contextlib.contextmanager
-def lt_disabled(enabled: bool = True):
-    """DAVAE_PATCH_EMBED_LT=0 for the duration (the CUDA op reads it on every call): the tiled
-    kernel forward, and the backward without the cuBLASLt weight+bias GEMM."""
-    if not enabled:
-        yield
-        return
-    os.environ["DAVAE_PATCH_EMBED_LT"] = "0"
+def env_vars(values: dict[str, str]):
+    """Set these environment variables for the duration (the CUDA op reads them on every call)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        del os.environ["DAVAE_PATCH_EMBED_LT"]
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def make_inputs(device, dtype, s, requires_grad, only_weight_bias=False):
@@ -83,10 +89,10 @@ def bench_patch_embed(benchmark, case, direction, provider):
     device, dtype, s = case
     benchmark.group = f"patch_embed-{direction}-{case_id(case)}"
     nbytes, flops = counts(s, torch.finfo(dtype).bits // 8, direction)
-    if provider == "fused_tiled":
+    if provider in ENV_PROVIDERS:
         if device != "cuda":
-            pytest.skip("the tiled kernel is the CUDA forward's alternative")
-        with lt_disabled():
+            pytest.skip(f"{provider} switches off one of the CUDA op's paths")
+        with env_vars(ENV_PROVIDERS[provider]):
             time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
         return
     if provider == "bare_gemm":
@@ -99,20 +105,20 @@ def bench_patch_embed(benchmark, case, direction, provider):
                    direction, nbytes, flops)
 
 
-@pytest.mark.parametrize("provider", ["fused", "fused_tiled", "eager", "reshape_addmm"])
+@pytest.mark.parametrize("provider", ["fused", *ENV_PROVIDERS, "eager", "reshape_addmm"])
 @pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
 def bench_patch_embed_finetune_bwd(benchmark, case, provider):
     """The backward of fine-tuning: gradients for weight and bias only (frozen latents, pos_embed
     a buffer). On CUDA in 16 bits the fused op gets both from one cuBLASLt GEMM (BGRADB epilogue):
     dOut read once; fused_tiled (DAVAE_PATCH_EMBED_LT=0) is at::mm plus the d_bias pass."""
     device, dtype, s = case
-    if provider == "fused_tiled" and device != "cuda":
-        pytest.skip("DAVAE_PATCH_EMBED_LT only changes the CUDA paths")
+    if provider in ENV_PROVIDERS and device != "cuda":
+        pytest.skip(f"{provider} switches off one of the CUDA op's paths")
     benchmark.group = f"patch_embed-finetune_bwd-{case_id(case)}"
     elem = torch.finfo(dtype).bits // 8
     nbytes = elem * (s.M * s.hidden + s.M * s.K + s.hidden * s.K + s.hidden)  # dOut, latents, dW, d_bias
-    forward = {"fused": ops.detail_patch_embed, "fused_tiled": ops.detail_patch_embed,
-               "eager": reference.detail_patch_embed, "reshape_addmm": reshape_addmm}[provider]
+    forward = reference.detail_patch_embed if provider == "eager" else (
+        reshape_addmm if provider == "reshape_addmm" else ops.detail_patch_embed)
     inputs = make_inputs(device, dtype, s, True, only_weight_bias=True)
-    with lt_disabled(provider == "fused_tiled"):
+    with env_vars(ENV_PROVIDERS.get(provider, {})):
         time_direction(benchmark, device, forward, inputs, "bwd", nbytes, 2 * s.M * s.hidden * s.K)

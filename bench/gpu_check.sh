@@ -12,7 +12,7 @@
 # For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
 # pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
 # diffusers / transformers, when missing, are installed from the wheels in .gpu_wheels/ if that
-# folder was carried along. Writes OUTDIR/gpu_check.json (+ logs, junit.xml, bench JSONs).
+# folder was carried along. Writes OUTDIR/gpu_check.json (+ logs, junit.xml, bench JSON lines).
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -59,21 +59,24 @@ OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 timeout -s INT ${TEST_TIMEOUT:-140} $PY -m
 test_rc=$?
 tail -25 "$OUT/tests.log"
 echo "tests rc=$test_rc ($(elapsed))"
-# The forward's other path (the tiled WMMA kernel), which float32 always takes.
-OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 DAVAE_PATCH_EMBED_LT=0 timeout -s INT 60 $PY -m pytest "$SRC/tests/test_patch_embed.py" -q \
+# The patch embed's other paths: the tiled WMMA forward (which float32 always takes), the
+# backward without cuBLASLt, and the per-element gather / scatter (the tile kernel's fallback).
+OMP_NUM_THREADS=2 DAVAE_REQUIRE_EXT=1 DAVAE_PATCH_EMBED_LT=0 DAVAE_PATCH_TILE_MOVE=0 timeout -s INT 60 \
+  $PY -m pytest "$SRC/tests/test_patch_embed.py" -q \
   -p no:cacheprovider $XDIST -k "cuda" --junitxml="$OUT/junit_tiled.xml" -o addopts="" > "$OUT/tests_tiled.log" 2>&1
 tiled_rc=$?
 tail -3 "$OUT/tests_tiled.log"
-echo "tests (DAVAE_PATCH_EMBED_LT=0) rc=$tiled_rc ($(elapsed))"
+echo "tests (DAVAE_PATCH_EMBED_LT=0 DAVAE_PATCH_TILE_MOVE=0) rc=$tiled_rc ($(elapsed))"
 
 echo "== benchmarks =="
 BENCH_JSONS=()
-bench() {  # name, -k expression, timeout
-  timeout "$3" $PY -m pytest "$SRC/bench" --benchmark-only -q -p no:cacheprovider -k "$2" -s \
-    --benchmark-json="$OUT/$1.json" -o addopts="" > "$OUT/$1.log" 2>&1
+bench() {  # name, -k expression, timeout. Each finished benchmark is one line of $1.jsonl
+  # (bench/conftest.py), so a time limit keeps what finished before it.
+  DAVAE_BENCH_JSONL="$OUT/$1.jsonl" timeout -s INT -k 15 "$3" $PY -m pytest "$SRC/bench" --benchmark-only -q \
+    -p no:cacheprovider -k "$2" -s -o addopts="" > "$OUT/$1.log" 2>&1
   local rc=$?
-  echo "bench $1 rc=$rc ($(elapsed))"
-  BENCH_JSONS+=("$OUT/$1.json")
+  echo "bench $1 rc=$rc, $(cat "$OUT/$1.jsonl" 2>/dev/null | wc -l) benchmarks ($(elapsed))"
+  BENCH_JSONS+=("$OUT/$1.jsonl")
   RCS+=("$1=$rc")
 }
 RCS=(build=$build_rc tests=$test_rc tests_tiled=$tiled_rc)

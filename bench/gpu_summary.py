@@ -26,16 +26,21 @@ def tests_summary(path: str) -> dict:
     return total
 
 
+def load_benchmarks(path: str) -> list[dict]:
+    """The benchmarks of a pytest-benchmark JSON, or of the JSON lines bench/conftest.py appends
+    (DAVAE_BENCH_JSONL), which survive a time limit that interrupts the session."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in f if line.strip()]
+        return json.load(f).get("benchmarks", [])
+
+
 def bench_summary(paths: list[str]) -> tuple[list[dict], dict]:
     rows = []
-    machine = {}
     for path in paths:
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            data = json.load(f)
-        machine = machine or data.get("machine_info", {})
-        for b in data.get("benchmarks", []):
+        for b in load_benchmarks(path):
             info = b.get("extra_info", {})
             rows.append({
                 "group": b.get("group"),
@@ -78,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="summary JSON to write")
     parser.add_argument("--junit", required=True, help="pytest JUnit XML")
-    parser.add_argument("--bench", nargs="*", default=[], help="pytest-benchmark JSON files")
+    parser.add_argument("--bench", nargs="*", default=[],
+                        help="pytest-benchmark JSON files, or .jsonl files of bench/conftest.py's rows")
     parser.add_argument("--rc", nargs="*", default=[], help="step=exit-code pairs")
     parser.add_argument("--probe", default=None, help="crash-probe JSON (bench/gpu_crash_probe.py)")
     parser.add_argument("--seconds", type=int, default=None, help="wall time of the whole check")

@@ -16,6 +16,11 @@ SHAPES = [  # (B, C, D, H, W, p, hidden)
     (2, 16, 16, 34, 34, 2, 200),  # two hidden tiles on CUDA, vector epilogue
     (2, 16, 16, 32, 32, 2, 64),  # T = 256: token tiles never straddle two batch elements
     (1, 3, 6, 10, 14, 2, 130),  # K = 36: a partial K slice; hidden not a multiple of 8
+    # Patch tiles (patch_tile.h; 8 tokens on CPU) with 16-byte accesses in every dtype, several
+    # tiles a token row: p = 2 (20 tokens a row, a partial last tile), p = 1 (24), p = 4 (12).
+    (2, 16, 16, 6, 40, 2, 64),
+    (2, 32, 96, 3, 24, 1, 48),
+    (1, 4, 12, 8, 48, 4, 24),
 ]
 EPILOGUES = ["bias+pos", "none", "bias", "pos"]
 

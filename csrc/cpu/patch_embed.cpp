@@ -1,8 +1,8 @@
 // detail_patch_embed on CPU.
 //
-// Forward: one parallel pass over token rows packs each token's patch row [K = (C+D) p^2]
-// straight from base and detail (the concatenated latent never exists) and writes the epilogue
-// (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
+// Forward: one parallel pass over tiles of tokens packs each token's patch row [K = (C+D) p^2]
+// straight from base and detail (the concatenated latent never exists; the CUDA kernel's code,
+// patch_tile.h) and writes the epilogue (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
 // (addmm_, beta = 1).
 // Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail (patches do not
 // overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed rows);
@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -20,57 +21,56 @@
 
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
+#include "davae_ext/patch_tile.h"
 
 namespace davae {
 namespace {
 
-// Copies one source line segment of `Wp` patches (p elements each) to / from the packed rows
-// (stride K). P is the patch size when known at compile time (1, 2, 4), else 0.
-template <bool kUnpack, int P, typename T>
-inline void move_line(T* line, T* col, int64_t Wp, int64_t K, int64_t p) {
-  const int64_t pp = P > 0 ? P : p;
-  for (int64_t tx = 0; tx < Wp; ++tx) {
-    T* seg = line + tx * pp;
-    T* dst = col + tx * K;
-    for (int64_t px = 0; px < pp; ++px) {
-      if constexpr (kUnpack) {
-        seg[px] = dst[px];
-      } else {
-        dst[px] = seg[px];
-      }
-    }
-  }
-}
-
 // Moves patch rows between the latent pair (base, detail) and the packed matrix A [M, K].
-// kUnpack = false: A <- latent (im2col without a concat); true: latent <- A (exact inverse).
-// Parallel over token rows (b, ty). `row_epilogue(m0, count)` runs after a token row's patches
-// are done, while they are hot in cache (the output epilogue of the forward).
-template <bool kUnpack, typename T, typename Epilogue>
+// kScatter = false: A <- latent (im2col without a concat); true: latent <- A (exact inverse).
+// The tiles and both phases are the CUDA kernel's (patch_tile.h), run here by one thread per
+// tile through a small per-thread buffer, so the CPU tests check the GPU's index math. Parallel
+// over tiles of kCpuTileTokens tokens (the buffer stays in L1). `tile_epilogue(m0, count)` runs
+// after a tile's rows are done, while they are hot in cache (the output epilogue of the forward).
+constexpr int64_t kCpuTileTokens = 8;
+
+template <bool kScatter, typename T, typename Epilogue>
 void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_first,
-                  Epilogue row_epilogue) {
-  const int64_t p = s.p, Hp = s.Hp(), Wp = s.Wp(), K = s.K(), CD = s.C + s.D;
-  at::parallel_for(0, s.B * Hp, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / Hp;
-      const int64_t ty = row - b * Hp;
-      const int64_t m0 = row * Wp;  // first token of this row: b * T + ty * Wp
-      for (int64_t ch = 0; ch < CD; ++ch) {
-        const ChannelSource src = channel_source<int64_t>(ch, s.C, s.D, detail_first);
-        T* plane = src.is_base ? base + (b * s.C + src.channel) * s.H * s.W
-                               : detail + (b * s.D + src.channel) * s.H * s.W;
-        for (int64_t py = 0; py < p; ++py) {
-          T* line = plane + (ty * p + py) * s.W;
-          T* col = A + m0 * K + ch * p * p + py * p;
-          switch (p) {
-            case 1: move_line<kUnpack, 1>(line, col, Wp, K, p); break;
-            case 2: move_line<kUnpack, 2>(line, col, Wp, K, p); break;
-            case 4: move_line<kUnpack, 4>(line, col, Wp, K, p); break;
-            default: move_line<kUnpack, 0>(line, col, Wp, K, p);
+                  Epilogue tile_epilogue) {
+  if (s.M() == 0) return;
+  auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
+  PatchTilePlan plan{};
+  TORCH_CHECK(plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T),
+                               aligned(A) && aligned(base) && aligned(detail), kCpuTileTokens,
+                               int64_t{1} << 29, plan),
+              "detail_patch_embed: a patch row of ", s.K(), " elements is too long");
+  // One buffer per thread, each starting on a 64-byte boundary.
+  const int64_t stride = (plan.buffer_elems * sizeof(T) + 63) / 64 * 64 / sizeof(T);
+  at::Tensor buffers = at::empty({at::get_num_threads() * stride}, c10::CppTypeToScalarType<T>::value);
+  T* buffer0 = buffers.data_ptr<T>();
+  with_patch_size(s.p, [&](auto patch) {
+    constexpr int P = decltype(patch)::value;
+    auto run = [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      at::parallel_for(0, plan.tiles, 1, [&](int64_t begin, int64_t end) {
+        T* buf = buffer0 + at::get_thread_num() * stride;
+        for (int64_t tile = begin; tile < end; ++tile) {
+          const PatchTile t = patch_tile(tile, plan.args);
+          if constexpr (kScatter) {
+            patch_tile_rows_phase<true, VEC>(A, buf, plan.args, t, 0, 1);
+            patch_tile_latent_phase<true, P, VEC>(base, detail, buf, plan.args, t, 0, 1);
+          } else {
+            patch_tile_latent_phase<false, P, VEC>(base, detail, buf, plan.args, t, 0, 1);
+            patch_tile_rows_phase<false, VEC>(A, buf, plan.args, t, 0, 1);
           }
+          tile_epilogue(t.m0, int64_t{t.nt});
         }
-      }
-      row_epilogue(m0, Wp);
+      });
+    };
+    if (plan.vec == vec16<T>()) {
+      run(std::integral_constant<int, vec16<T>()>{});
+    } else {
+      run(std::integral_constant<int, 1>{});
     }
   });
 }

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "davae_ext/vec.h"
+
 #define DAVAE_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                    \
   AT_DISPATCH_SWITCH(TYPE, NAME,                                           \
                      AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)  \
@@ -23,17 +25,6 @@
 namespace davae::cuda {
 
 constexpr int kThreads = 256;
-
-// VEC elements of T moved as one 16-byte (or smaller) access.
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Vec {
-  T v[VEC];
-};
-
-template <typename T>
-constexpr int vec16() {
-  return 16 / static_cast<int>(sizeof(T));
-}
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 

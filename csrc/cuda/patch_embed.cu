@@ -1,7 +1,9 @@
 // detail_patch_embed on CUDA.
 //
-// Forward, float16 / bfloat16: a coalesced gather of the patch matrix A from base and detail, then
-// one cuBLASLt GEMM with the bias and positional embedding in its epilogue (patch_embed_lt below).
+// Forward, float16 / bfloat16: a gather of the patch matrix A from base and detail (one tile of
+// tokens per block through shared memory, 16-byte accesses on both sides: patch_tile_kernel,
+// the same code as the CPU's), then one cuBLASLt GEMM with the bias and positional embedding in
+// its epilogue (patch_embed_lt below).
 // Forward, float32, and the 16-bit fallback (DAVAE_PATCH_EMBED_LT=0, or no cuBLASLt algorithm):
 // one tiled kernel. A block owns a 128-token x 128-hidden output tile. For each 32-wide slice
 // of K = (C+D) p^2 it gathers the A tile straight from base and detail (the concatenated latent
@@ -18,7 +20,7 @@
 // fine-tuning case: pos_embed is a buffer), so dOut is read once for both. When d_pos is asked for,
 // one vectorised pass over dOut gives d_pos and d_bias (a deterministic two-stage column sum).
 // d_input = dOut W is one GEMM whose [M, K] result is scattered straight into d_base / d_detail
-// (patches do not overlap: no col2im accumulation). dOut is read once per GEMM asked for, plus
+// by the gather's inverse (patches do not overlap: no col2im accumulation). dOut is read once per GEMM asked for, plus
 // once for d_pos.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,6 +38,7 @@
 #include "davae_ext/checks.h"
 #include "gemm_lt.cuh"
 #include "davae_ext/index_math.h"
+#include "davae_ext/patch_tile.h"
 
 namespace davae::cuda {
 namespace {
@@ -298,9 +301,37 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// Moves every element of (base, detail) to / from its place in the patch-row matrix A [M, K]:
-// one thread per latent element, reading (or writing) the latent coalesced. I is the index type
-// (int when everything fits, which keeps the divisions cheap).
+// Moves patches between (base, detail) and the patch-row matrix A [M, K] one tile of tokens per
+// block, in the two phases of patch_tile.h (the same functions the CPU kernel runs, so the CPU
+// tests check this index math): 16-byte loads of the latent's line segments into a shared-memory
+// tile, then 16-byte stores of the tile's rows of A, which are contiguous (or the reverse).
+// kTileTokens tokens of one token row per tile, at most kTileBytes of shared memory. SD3 at
+// 2048 px (bf16, K = 128): 64 tokens, 17 KB, 256 blocks; ImageNet (K = 128, 16 tokens a row):
+// 512 blocks. The per-element kernel it replaces spent several integer divisions per 2-byte element
+// and wrote A in 4-byte pieces 256 bytes apart.
+constexpr int64_t kTileTokens = 64;
+constexpr int64_t kTileBytes = 32 * 1024;
+
+template <bool kScatter, int P, int VEC, typename T>
+__global__ void __launch_bounds__(kThreads)
+    patch_tile_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail, PatchTileArgs a) {
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  T* buf = reinterpret_cast<T*>(tile_smem);
+  const PatchTile t = patch_tile(blockIdx.x, a);
+  if constexpr (kScatter) {
+    patch_tile_rows_phase<true, VEC>(A, buf, a, t, threadIdx.x, blockDim.x);
+    __syncthreads();
+    patch_tile_latent_phase<true, P, VEC>(base, detail, buf, a, t, threadIdx.x, blockDim.x);
+  } else {
+    patch_tile_latent_phase<false, P, VEC>(base, detail, buf, a, t, threadIdx.x, blockDim.x);
+    __syncthreads();
+    patch_tile_rows_phase<false, VEC>(A, buf, a, t, threadIdx.x, blockDim.x);
+  }
+}
+
+// The fallback when one patch row does not fit kTileBytes (or DAVAE_PATCH_TILE_MOVE=0): one thread
+// per latent element, reading (or writing) the latent coalesced. I is the index type (int when
+// everything fits, which keeps the divisions cheap).
 template <bool kUnpack, typename I, typename T>
 __global__ void __launch_bounds__(kThreads)
     patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail, I total,
@@ -408,11 +439,40 @@ __global__ void __launch_bounds__(kThreads)
   d_bias[n] = from_float<T>(v);
 }
 
+bool env_enabled(const char* name) {  // read on every call (~0.1 us), so a benchmark can compare paths
+  const char* v = std::getenv(name);
+  return v == nullptr || std::string(v) != "0";
+}
+
+// A <- (base, detail) (kUnpack = false) or (base, detail) <- A: the tile kernel when a patch row
+// fits its shared memory, else the per-element kernel.
 template <bool kUnpack, typename T>
 void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_first) {
   const int64_t total = s.B * (s.C + s.D) * s.H * s.W;
   if (total == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
+  PatchTilePlan plan{};
+  if (env_enabled("DAVAE_PATCH_TILE_MOVE") &&
+      plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T),
+                       aligned16(A) && aligned16(base) && aligned16(detail), kTileTokens, kTileBytes, plan) &&
+      plan.tiles < (int64_t{1} << 31)) {
+    const size_t smem = static_cast<size_t>(plan.buffer_elems) * sizeof(T);
+    with_patch_size(s.p, [&](auto patch) {
+      constexpr int P = decltype(patch)::value;
+      auto run = [&](auto vec) {
+        constexpr int VEC = decltype(vec)::value;
+        patch_tile_kernel<kUnpack, P, VEC><<<static_cast<unsigned>(plan.tiles), kThreads, smem, stream>>>(
+            A, base, detail, plan.args);
+      };
+      if (plan.vec == vec16<T>()) {
+        run(std::integral_constant<int, vec16<T>()>{});
+      } else {
+        run(std::integral_constant<int, 1>{});
+      }
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   if (total < (int64_t{1} << 31) && s.M() * s.K() < (int64_t{1} << 31)) {
     patch_move_kernel<kUnpack, int><<<blocks_for(total), kThreads, 0, stream>>>(
         A, base, detail, static_cast<int>(total), static_cast<int>(s.C), static_cast<int>(s.D),
@@ -429,10 +489,7 @@ void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_firs
 // adds bias and whose C matrix is the positional embedding (gemm_lt.cuh). Measured on an H100
 // (SD3 2048 px, bf16) the tiled WMMA kernel above reached 18% of the copy bandwidth, cuBLAS's
 // GEMM alone 86%. DAVAE_PATCH_EMBED_LT=0 forces the WMMA kernel. False: not taken.
-bool lt_enabled() {  // read on every call (~0.1 us), so a benchmark can compare both paths
-  const char* v = std::getenv("DAVAE_PATCH_EMBED_LT");
-  return v == nullptr || std::string(v) != "0";
-}
+bool lt_enabled() { return env_enabled("DAVAE_PATCH_EMBED_LT"); }
 
 template <typename T>
 bool patch_embed_lt(const at::Tensor& b, const at::Tensor& d, const at::Tensor& w, const T* bias, const T* pos,

@@ -12,11 +12,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DAVAE_HD __host__ __device__ __forceinline__
-#else
-#define DAVAE_HD inline
-#endif
+#include "davae_ext/host_device.h"
 
 namespace davae {
 
