@@ -194,11 +194,13 @@ def cpu_peak_bytes(fn) -> int:
     return peak
 
 
-def record(benchmark, device, fn, nbytes: int, flops: int, run_wall_clock):
+def record(benchmark, device, fn, nbytes: int, flops: int, run_wall_clock, graph_pair=None):
     """Time `fn` and put the numbers into benchmark.extra_info.
 
     On CUDA the median comes from CUDA events; pytest-benchmark's own table times a synchronized
     call. On CPU pytest-benchmark's wall-clock median is the number.
+    graph_pair = (with_fn, without_fn): the device time is that of with_fn minus that of
+    without_fn, both replayed from CUDA graphs, for an fn that cannot be captured by itself.
     """
     info = benchmark.extra_info
     info["bytes"] = nbytes
@@ -210,7 +212,16 @@ def record(benchmark, device, fn, nbytes: int, flops: int, run_wall_clock):
         info["tflops"] = flops / (ms * 1e-3) / 1e12
         info["copy_bw_gbs"] = copy_bandwidth_gbs()
         info["pct_copy_bw"] = 100.0 * info["gbs"] / info["copy_bw_gbs"]
-        gpu_ms, why_not = cuda_graph_ms(fn)
+        if graph_pair is None:
+            gpu_ms, why_not = cuda_graph_ms(fn)
+        else:
+            (with_ms, why_with), (without_ms, why_without) = (cuda_graph_ms(f) for f in graph_pair)
+            if with_ms and without_ms and with_ms > without_ms:
+                gpu_ms, why_not = with_ms - without_ms, None
+            else:
+                gpu_ms = None
+                why_not = why_with or why_without or f"difference not positive: {with_ms} - {without_ms} ms"
+            info["gpu_ms_method"] = "difference of two CUDA graphs"
         info["gpu_ms"] = gpu_ms
         if gpu_ms:
             info["gpu_gbs"] = nbytes / (gpu_ms * 1e-3) / 1e9
@@ -251,6 +262,7 @@ def time_direction(benchmark, device, forward, tensors, direction, nbytes, flops
     w.r.t. every tensor that requires grad, no accumulation). fwdbwd: both.
     """
     leaves = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+    graph_pair = None
     if direction == "fwd":
         def fn():
             with torch.no_grad():
@@ -258,16 +270,24 @@ def time_direction(benchmark, device, forward, tensors, direction, nbytes, flops
     else:
         out = forward(*tensors)
         grad_out = torch.randn_like(out)
+
+        def fwdbwd():
+            return torch.autograd.grad(forward(*tensors), leaves, grad_out)
+
         if direction == "bwd":
             def fn():
                 return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+            # A backward runs on the stream of its forward, here the default stream, which is
+            # outside any capture: it cannot be captured alone. Its device time is forward +
+            # backward minus the forward (with grad), each captured whole.
+            graph_pair = (fwdbwd, lambda: forward(*tensors))
         else:
-            def fn():
-                return torch.autograd.grad(forward(*tensors), leaves, grad_out)
+            fn = fwdbwd
 
     def wall_clock(target):
         benchmark.pedantic(target, rounds=ROUNDS[device], warmup_rounds=3, iterations=1)
 
     benchmark.extra_info["direction"] = direction
     benchmark.extra_info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    record(benchmark, device, fn, nbytes, flops, wall_clock)
+    record(benchmark, device, fn, nbytes, flops, wall_clock, graph_pair)
