@@ -32,9 +32,15 @@ def load_benchmarks(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
-        return json.load(f).get("benchmarks", [])
+        if not path.endswith(".jsonl"):
+            return json.load(f).get("benchmarks", [])
+        rows = []
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                pass
+        return rows
 
 
 def bench_summary(paths: list[str]) -> tuple[list[dict], dict]:

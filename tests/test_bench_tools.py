@@ -1,0 +1,65 @@
+"""The GPU check's tooling, which otherwise runs only on a GPU machine (minutes of which are rare):
+the JSON-lines record of each finished benchmark (bench/conftest.py), the summary
+(bench/gpu_summary.py) and the script's shell syntax."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="3" failures="1" errors="0" skipped="1">
+<testcase classname="tests.test_a" name="test_ok"/>
+<testcase classname="tests.test_a" name="test_bad"><failure message="assert 1 == 2">trace</failure></testcase>
+<testcase classname="tests.test_a" name="test_skip"><skipped message="no GPU"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def _row(provider, median_ms, gpu_ms):
+    return {"name": f"bench_x[cuda-{provider}]", "group": "op-fwd-cuda", "params": {"provider": provider},
+            "extra_info": {"median_ms": median_ms, "gbs": 1.0, "tflops": 0.0, "pct_copy_bw": 10.0,
+                           "gpu_ms": gpu_ms, "gpu_pct_copy_bw": 40.0 if gpu_ms else None}}
+
+
+def test_gpu_summary_counts_tests_and_computes_ratios(tmp_path):
+    (tmp_path / "junit.xml").write_text(JUNIT)
+    lines = [_row("fused", 0.010, 0.004), _row("eager", 0.030, 0.016), _row("copy", 0.008, None)]
+    # The last line is cut short, as when a time limit kills the writer mid-line: not read.
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + json.dumps(lines[0])[:40])
+    out = tmp_path / "summary.json"
+    subprocess.run([sys.executable, os.path.join(BENCH, "gpu_summary.py"), "--out", str(out), "--junit",
+                    str(tmp_path / "junit.xml"), "--bench", str(tmp_path / "b.jsonl"), str(tmp_path / "missing.jsonl"),
+                    "--rc", "build=0", "tests=1", "--seconds", "12"], check=True, capture_output=True)
+    summary = json.loads(out.read_text())
+    assert summary["exit_codes"] == {"build": "0", "tests": "1"}
+    tests = summary["tests"]
+    assert (tests["tests"], tests["failures"], tests["skipped"]) == (3, 1, 1)
+    assert tests["failed"] == [{"test": "tests.test_a::test_bad", "message": "assert 1 == 2"}]
+    ratios = summary["ratios"]["op-fwd-cuda"]
+    assert abs(ratios["fused_vs_eager"] - 3.0) < 1e-9 and abs(ratios["fused_vs_copy"] - 0.8) < 1e-9
+    assert abs(ratios["gpu_fused_vs_eager"] - 4.0) < 1e-9 and ratios["gpu_fused_vs_copy"] is None
+    assert ratios["gpu_fused_pct_copy_bw"] == 40.0
+    assert len(summary["benchmarks"]) == 3
+
+
+def test_benchmark_rows_are_appended_as_they_finish(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    env = dict(os.environ, DAVAE_BENCH_JSONL=str(path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "-k", "cpu and sd3-1024 and latent_concat and fwd and not fwdbwd and (copy or fused)"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["params"]["provider"] for r in rows) == ["copy", "fused"]
+    for r in rows:
+        assert r["group"] == "latent_concat-fwd-cpu-float32-sd3-1024"
+        assert r["extra_info"]["median_ms"] > 0 and r["extra_info"]["bytes"] > 0
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", os.path.join(BENCH, "gpu_check.sh")], check=True)
