@@ -186,3 +186,22 @@ def test_up_block_starts_as_the_base_decoders_conv_in(vae, order):
     torch.testing.assert_close(got[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2], atol=1e-5, rtol=1e-5)
     fresh = DAVAE.from_base_vae(vae, order=order, init_up_block="random")
     assert not torch.allclose(fresh.latent_up(z), got)
+
+
+def test_evaluation_baselines_are_the_base_vae_itself(vae):
+    """evaluate_davae's baselines: (b) the base VAE's reconstruction of the half-size image,
+    upsampled (from the DA-VAE's base channels, un-normalised, instead of a second encode), and
+    (c) the base VAE at full size."""
+    from davae_ext.evaluation import evaluate_davae, psnr
+
+    model = DAVAE.from_base_vae(vae)
+    x = _images(3, 32, seed=4)
+    result = evaluate_davae(model, x, batch_size=2)
+    with torch.no_grad():
+        half = model.base_image(x)
+        rec_half = vae.decode(vae.encode(half).latent_dist.mode()).sample
+        rec_b = F.interpolate(rec_half, size=(32, 32), mode="bicubic", align_corners=False)
+        rec_c = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    torch.testing.assert_close(result["images"]["base_half_upsampled"], rec_b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result["images"]["base_full"], rec_c)
+    assert abs(result["base_half_upsampled"]["psnr_db"] - psnr(rec_b, x)) < 1e-3

@@ -46,6 +46,8 @@ def evaluate_davae(model, images: torch.Tensor, batch_size: int = 4, lpips=None)
     model.eval()
     vae = model.base_vae
     dev, dt = model.device, model.dtype
+    shift = vae.config.shift_factor or 0.0
+    scaling = vae.config.scaling_factor or 1.0
     outs = {"davae": [], "base_half_upsampled": [], "base_full": []}
     details, bases = [], []
     for i in range(0, len(images), batch_size):
@@ -54,8 +56,9 @@ def evaluate_davae(model, images: torch.Tensor, batch_size: int = 4, lpips=None)
         outs["davae"].append(model.decode(post.mode()).sample.float().cpu())
         details.append(post.detail.mean.float().cpu())
         bases.append(post.base.float().cpu())
-        x_lr = model.base_image(x)
-        rec_lr = vae.decode(vae.encode(x_lr).latent_dist.mode()).sample
+        # (b) decodes the base VAE's own latent of the x1/scale image: the DA-VAE's base channels,
+        # un-normalised (the base encoder already ran once inside model.encode).
+        rec_lr = vae.decode(post.base / scaling + shift).sample
         outs["base_half_upsampled"].append(
             F.interpolate(rec_lr.float(), size=x.shape[-2:], mode="bicubic", align_corners=False).cpu())
         outs["base_full"].append(vae.decode(vae.encode(x).latent_dist.mode()).sample.float().cpu())
