@@ -87,10 +87,14 @@ else
   bench bench_compile "cuda and compile and patch_embed and fwd and not fwdbwd" 60
   bench bench_overhead "overhead and cuda" 60
 fi
+echo "== per-kernel times of the fused ops (bench/gpu_kernels.py) =="
+timeout -k 10 90 $PY "$SRC/bench/gpu_kernels.py" --output-dir "$OUT" > "$OUT/kernels.log" 2>&1
+RCS+=("kernels=$?")
+grep -v "^USDT\|profiler_st" "$OUT/kernels.log" | tail -16
 if [ "${SAMPLING:-0}" = 1 ]; then
   BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_sampling "sampling and cuda" 200
   grep "sampling-" "$OUT/bench_sampling.log" | head -8
 fi
 
 $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" --bench "${BENCH_JSONS[@]}" \
-  --probe "$OUT/crash_probe.json" --rc "${RCS[@]}" --seconds $(( $(date +%s) - start ))
+  --probe "$OUT/crash_probe.json" --kernels "$OUT/kernels.json" --rc "${RCS[@]}" --seconds $(( $(date +%s) - start ))

@@ -1,7 +1,8 @@
 """Summarise a GPU check: test counts and failures from JUnit XML, and for each CUDA benchmark
 its median, GB/s, TFLOP/s and % of the copy bandwidth measured in the same run (launch-loop and
 CUDA-graph device times, bench/common.py), plus the fused provider's speed-up over each other
-provider in its group. Writes one JSON and prints a table."""
+provider in its group, and the top kernels of each fused op (bench/gpu_kernels.py). Writes one
+JSON and prints a table."""
 
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rc", nargs="*", default=[], help="step=exit-code pairs")
     parser.add_argument("--probe", default=None, help="crash-probe JSON (bench/gpu_crash_probe.py)")
     parser.add_argument("--seconds", type=int, default=None, help="wall time of the whole check")
+    parser.add_argument("--kernels", default=None, help="per-kernel times (bench/gpu_kernels.py's kernels.json)")
     args = parser.parse_args()
 
     rows, ratios = bench_summary(args.bench)
@@ -117,6 +119,11 @@ def main() -> None:
         with open(args.probe) as f:
             probe = json.load(f)
         summary["raw_op_crash_probe"] = {k: probe.get(k) for k in ("cases", "crashed", "not_raised")}
+    if args.kernels and os.path.exists(args.kernels):
+        with open(args.kernels) as f:
+            kernels = json.load(f)
+        summary["kernels"] = {case: {"total_us": k["total_us"], "top": k["kernels"][:6]}
+                              for case, k in kernels.get("cases", {}).items()}
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1)
     t = summary["tests"]

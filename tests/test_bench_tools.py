@@ -30,10 +30,14 @@ def test_gpu_summary_counts_tests_and_computes_ratios(tmp_path):
     lines = [_row("fused", 0.010, 0.004), _row("eager", 0.030, 0.016), _row("copy", 0.008, None)]
     # The last line is cut short, as when a time limit kills the writer mid-line: not read.
     (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + json.dumps(lines[0])[:40])
+    kernels = {"cases": {"s/op": {"total_us": 3.0, "kernels": [{"kernel": f"k{i}", "us_per_call": 0.375,
+                                                                 "launches_per_call": 1.0} for i in range(8)]}}}
+    (tmp_path / "kernels.json").write_text(json.dumps(kernels))
     out = tmp_path / "summary.json"
     subprocess.run([sys.executable, os.path.join(BENCH, "gpu_summary.py"), "--out", str(out), "--junit",
                     str(tmp_path / "junit.xml"), "--bench", str(tmp_path / "b.jsonl"), str(tmp_path / "missing.jsonl"),
-                    "--rc", "build=0", "tests=1", "--seconds", "12"], check=True, capture_output=True)
+                    "--kernels", str(tmp_path / "kernels.json"), "--rc", "build=0", "tests=1", "--seconds", "12"],
+                   check=True, capture_output=True)
     summary = json.loads(out.read_text())
     assert summary["exit_codes"] == {"build": "0", "tests": "1"}
     tests = summary["tests"]
@@ -44,6 +48,20 @@ def test_gpu_summary_counts_tests_and_computes_ratios(tmp_path):
     assert abs(ratios["gpu_fused_vs_eager"] - 4.0) < 1e-9 and ratios["gpu_fused_vs_copy"] is None
     assert ratios["gpu_fused_pct_copy_bw"] == 40.0
     assert len(summary["benchmarks"]) == 3
+    assert summary["kernels"]["s/op"]["total_us"] == 3.0 and len(summary["kernels"]["s/op"]["top"]) == 6
+
+
+def test_gpu_kernels_lists_each_case(tmp_path):
+    """bench/gpu_kernels.py on CPU (where it lists aten ops): every case of a shape, with times."""
+    subprocess.run([sys.executable, os.path.join(BENCH, "gpu_kernels.py"), "--output-dir", str(tmp_path),
+                    "--device", "cpu", "--shapes", "imagenet-512", "--calls", "1"], check=True, capture_output=True,
+                   timeout=600)
+    result = json.loads((tmp_path / "kernels.json").read_text())
+    assert sorted(result["cases"]) == sorted(f"imagenet-512/{c}" for c in (
+        "patch_embed_fwd", "patch_embed_bwd_all_inputs", "patch_embed_bwd_weight_bias", "latent_concat_fwd",
+        "detail_align_loss_fwdbwd"))
+    fwd = result["cases"]["imagenet-512/patch_embed_fwd"]
+    assert fwd["total_us"] > 0 and any("detail_patch_embed" in k["kernel"] for k in fwd["kernels"])
 
 
 def test_benchmark_rows_are_appended_as_they_finish(tmp_path):
