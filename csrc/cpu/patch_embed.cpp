@@ -2,8 +2,8 @@
 //
 // Forward: one parallel pass over tiles of tokens packs each token's patch row [K = (C+D) p^2]
 // straight from base and detail (the concatenated latent never exists; the CUDA kernel's code,
-// patch_tile.h) and writes the epilogue (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
-// (addmm_, beta = 1).
+// patch_tile.h) and writes the epilogue (pos_embed + bias) into the output rows; then one GEMM
+// accumulates A * W^T into the output (addmm_, beta = 1).
 // Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail (patches do not
 // overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed rows);
 // d_pos_embed = sum over the batch of dOut, and d_bias = sum over tokens of d_pos_embed.

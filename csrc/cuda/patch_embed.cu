@@ -20,8 +20,8 @@
 // fine-tuning case: pos_embed is a buffer), so dOut is read once for both. When d_pos is asked for,
 // one vectorised pass over dOut gives d_pos and d_bias (a deterministic two-stage column sum).
 // d_input = dOut W is one GEMM whose [M, K] result is scattered straight into d_base / d_detail
-// by the gather's inverse (patches do not overlap: no col2im accumulation). dOut is read once per GEMM asked for, plus
-// once for d_pos.
+// by the gather's inverse (patches do not overlap: no col2im accumulation). dOut is read once per
+// GEMM asked for, plus once for d_pos.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kThreads)
 // The fallback when one patch row does not fit kTileBytes (or DAVAE_PATCH_TILE_MOVE=0): one thread
 // per latent element, reading (or writing) the latent coalesced. I is the index type (int when
 // everything fits, which keeps the divisions cheap).
-template <bool kUnpack, typename I, typename T>
+template <bool kScatter, typename I, typename T>
 __global__ void __launch_bounds__(kThreads)
     patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail, I total,
                       I C, I D, I H, I W, I p, bool detail_first) {
@@ -348,7 +348,7 @@ __global__ void __launch_bounds__(kThreads)
     T* plane = src.is_base ? base + (b * C + src_ch) * HW : detail + (b * D + src_ch) * HW;
     const I m = b * T_ + (y / p) * Wp + x / p;
     const I k = ch * p * p + (y % p) * p + (x % p);
-    if constexpr (kUnpack) {
+    if constexpr (kScatter) {
       plane[yx] = A[m * K + k];
     } else {
       A[m * K + k] = plane[yx];
@@ -444,9 +444,9 @@ bool env_enabled(const char* name) {  // read on every call (~0.1 us), so a benc
   return v == nullptr || std::string(v) != "0";
 }
 
-// A <- (base, detail) (kUnpack = false) or (base, detail) <- A: the tile kernel when a patch row
+// A <- (base, detail) (kScatter = false) or (base, detail) <- A: the tile kernel when a patch row
 // fits its shared memory, else the per-element kernel.
-template <bool kUnpack, typename T>
+template <bool kScatter, typename T>
 void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_first) {
   const int64_t total = s.B * (s.C + s.D) * s.H * s.W;
   if (total == 0) return;
@@ -461,7 +461,7 @@ void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_firs
       constexpr int P = decltype(patch)::value;
       auto run = [&](auto vec) {
         constexpr int VEC = decltype(vec)::value;
-        patch_tile_kernel<kUnpack, P, VEC><<<static_cast<unsigned>(plan.tiles), kThreads, smem, stream>>>(
+        patch_tile_kernel<kScatter, P, VEC><<<static_cast<unsigned>(plan.tiles), kThreads, smem, stream>>>(
             A, base, detail, plan.args);
       };
       if (plan.vec == vec16<T>()) {
@@ -474,11 +474,11 @@ void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_firs
     return;
   }
   if (total < (int64_t{1} << 31) && s.M() * s.K() < (int64_t{1} << 31)) {
-    patch_move_kernel<kUnpack, int><<<blocks_for(total), kThreads, 0, stream>>>(
+    patch_move_kernel<kScatter, int><<<blocks_for(total), kThreads, 0, stream>>>(
         A, base, detail, static_cast<int>(total), static_cast<int>(s.C), static_cast<int>(s.D),
         static_cast<int>(s.H), static_cast<int>(s.W), static_cast<int>(s.p), detail_first);
   } else {
-    patch_move_kernel<kUnpack, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
+    patch_move_kernel<kScatter, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
         A, base, detail, total, s.C, s.D, s.H, s.W, s.p, detail_first);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
