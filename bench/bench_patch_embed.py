@@ -15,9 +15,12 @@ from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direc
 #   fused_tiled: DAVAE_PATCH_EMBED_LT=0, the single tiled WMMA kernel forward and, backward, at::mm
 #                plus the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM;
 #   fused_element_move: DAVAE_PATCH_TILE_MOVE=0, the per-element gather / scatter kernel instead of
-#                the shared-memory tile kernel (patch_tile.h) around the GEMMs.
+#                the shared-memory tile kernel (patch_tile.h) around the GEMMs;
+#   fused_pos_whole: DAVAE_PATCH_EMBED_POS_CHUNK=0, the forward's GEMM in one call instead of one per
+#                chunk of tokens whose positional-embedding slice stays in L2 (chunks only at 2048 px).
 ENV_PROVIDERS = {"fused_tiled": {"DAVAE_PATCH_EMBED_LT": "0"},
-                 "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"}}
+                 "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"},
+                 "fused_pos_whole": {"DAVAE_PATCH_EMBED_POS_CHUNK": "0"}}
 PROVIDERS = ["fused", *ENV_PROVIDERS, "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
@@ -92,6 +95,8 @@ def bench_patch_embed(benchmark, case, direction, provider):
     if provider in ENV_PROVIDERS:
         if device != "cuda":
             pytest.skip(f"{provider} switches off one of the CUDA op's paths")
+        if provider == "fused_pos_whole" and direction == "bwd":
+            pytest.skip("the positional chunks are the forward's")
         with env_vars(ENV_PROVIDERS[provider]):
             time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
         return
@@ -105,7 +110,7 @@ def bench_patch_embed(benchmark, case, direction, provider):
                    direction, nbytes, flops)
 
 
-@pytest.mark.parametrize("provider", ["fused", *ENV_PROVIDERS, "eager", "reshape_addmm"])
+@pytest.mark.parametrize("provider", ["fused", "fused_tiled", "fused_element_move", "eager", "reshape_addmm"])
 @pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
 def bench_patch_embed_finetune_bwd(benchmark, case, provider):
     """The backward of fine-tuning: gradients for weight and bias only (frozen latents, pos_embed

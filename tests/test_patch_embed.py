@@ -48,6 +48,22 @@ def test_matches_reference(device_dtype, shape, epilogue, order):
     check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
 
 
+@pytest.mark.parametrize("budget", ["1024", "0"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_forward_in_positional_chunks(monkeypatch, budget, dtype):
+    """The CUDA 16-bit forward runs its GEMM per chunk of tokens whose positional-embedding slice
+    fits DAVAE_PATCH_EMBED_POS_CHUNK bytes: 1024 bytes give 4 chunks of 7, 7, 7 and 6 tokens here
+    (64 hidden, T = 27); 0 gives one GEMM. Real shapes chunk only at 2048 px, which no other
+    test reaches."""
+    if not torch.cuda.is_available():
+        pytest.skip("the chunks are the CUDA forward's")
+    require_ext()
+    monkeypatch.setenv("DAVAE_PATCH_EMBED_POS_CHUNK", budget)
+    for epilogue in ("bias+pos", "pos"):
+        args = [*_inputs((3, 16, 16, 6, 18, 2, 64), dtype, "cuda", "contiguous", epilogue), "base_first"]
+        check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
+
+
 def test_equals_conv_of_concatenation():
     """The defining identity, against torch's own ops (not our reference)."""
     require_ext()

@@ -88,15 +88,18 @@ inline void lt_epilogue(LtDescriptors& h, cublasLtEpilogue_t epilogue, const voi
   cublasLtMatmulDescSetAttribute(h.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector, sizeof(vector));
 }
 
-// Forward. Column-major view (cuBLASLt's): D^T[N, B*T] = W[N, K] (stored as col-major K x N,
-// transposed) times A^T[K, B*T] (col-major K x M), batched over b with T columns each.
+// Forward. Column-major view (cuBLASLt's): D^T[N, cols] = W[N, K] (stored as col-major K x N,
+// transposed) times A^T[K, cols] (col-major K x cols). With pos and B > 1, a batch of B such
+// GEMMs over `rows` token rows each, batch entries `batch_rows` rows apart in A and out, pos
+// shared (batch stride 0); else one GEMM over all B * rows rows (pos then has them all, B = 1).
+// A, pos and out point at the first row; the caller may pass a slice of the token rows.
 template <typename T>
-bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, int64_t B, int64_t Tn,
-                   int64_t N, int64_t K, cudaStream_t stream) {
+bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, int64_t B, int64_t rows,
+                   int64_t batch_rows, int64_t N, int64_t K, cudaStream_t stream) {
   constexpr cudaDataType_t dt = LtType<T>::value;
   LtDescriptors h;
   const bool batched = pos != nullptr && B > 1;
-  const int64_t cols = batched ? Tn : B * Tn;  // columns of one batch entry of D
+  const int64_t cols = batched ? rows : B * rows;  // columns of one batch entry of D
   const int32_t batch = batched ? static_cast<int32_t>(B) : 1;
   if (!lt_op_desc(h, CUBLAS_OP_T, CUBLAS_OP_N)) return false;
   if (bias != nullptr) lt_epilogue(h, CUBLASLT_EPILOGUE_BIAS, bias);
@@ -106,7 +109,7 @@ bool lt_patch_gemm(const T* A, const T* W, const T* bias, const T* pos, T* out, 
       !lt_ok(cublasLtMatrixLayoutCreate(&h.d, dt, N, cols, N)))       // out^T: col-major N x cols
     return false;
   if (batched) {
-    const int64_t zero = 0, stride_b = Tn * K, stride_d = Tn * N;
+    const int64_t zero = 0, stride_b = batch_rows * K, stride_d = batch_rows * N;
     for (auto* layout : {h.a, h.b, h.c, h.d})
       cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof(batch));
     cublasLtMatrixLayoutSetAttribute(h.a, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &zero, sizeof(zero));

@@ -491,6 +491,22 @@ void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_firs
 // GEMM alone 86%. DAVAE_PATCH_EMBED_LT=0 forces the WMMA kernel. False: not taken.
 bool lt_enabled() { return env_enabled("DAVAE_PATCH_EMBED_LT"); }
 
+// How many token chunks the batched GEMM runs in. cuBLASLt runs a batched GEMM roughly one batch
+// entry after another, and each entry reads the positional embedding (its C matrix, batch stride
+// 0) again: when pos is larger than what L2 keeps between entries, while the output streams
+// through, that is up to B reads of pos from DRAM (SD3 2048 px: pos 12.6 MB, out 50 MB, 4 entries).
+// One GEMM per chunk of tokens whose pos slice is at most DAVAE_PATCH_EMBED_POS_CHUNK bytes
+// (default 4 MiB, a twelfth of an H100's L2; 0: one GEMM) keeps each slice in L2 for all B
+// entries, at the cost of a launch per chunk. SD3 2048 px: 4 chunks of 1024 tokens; 1024 px and
+// ImageNet: one. Not yet measured on a GPU: the benchmarks time both (fused_pos_whole).
+int64_t pos_chunks(int64_t T_, int64_t N, int64_t elem_bytes) {
+  int64_t budget = int64_t{4} << 20;
+  if (const char* v = std::getenv("DAVAE_PATCH_EMBED_POS_CHUNK")) budget = std::strtoll(v, nullptr, 10);
+  if (budget <= 0) return 1;
+  const int64_t chunks = (T_ * N * elem_bytes + budget - 1) / budget;
+  return chunks < 1 ? 1 : (chunks > T_ ? T_ : chunks);
+}
+
 template <typename T>
 bool patch_embed_lt(const at::Tensor& b, const at::Tensor& d, const at::Tensor& w, const T* bias, const T* pos,
                     at::Tensor& out, const PatchShape& s, bool detail_first) {
@@ -501,8 +517,18 @@ bool patch_embed_lt(const at::Tensor& b, const at::Tensor& d, const at::Tensor& 
     at::Tensor A = at::empty({s.M(), s.K()}, b.options());
     launch_move<false>(A.data_ptr<T>(), const_cast<T*>(b.const_data_ptr<T>()), const_cast<T*>(d.const_data_ptr<T>()),
                        s, detail_first);
-    return lt_patch_gemm<T>(A.const_data_ptr<T>(), w.const_data_ptr<T>(), bias, pos, out.data_ptr<T>(), s.B, s.T(), s.N,
-                            s.K(), at::cuda::getCurrentCUDAStream());
+    const int64_t T_ = s.T(), K = s.K(), N = s.N;
+    const int64_t chunks = pos != nullptr && s.B > 1 ? pos_chunks(T_, N, sizeof(T)) : 1;
+    const int64_t per_chunk = (T_ + chunks - 1) / chunks;
+    for (int64_t t0 = 0; t0 < T_; t0 += per_chunk) {
+      const int64_t rows = per_chunk < T_ - t0 ? per_chunk : T_ - t0;
+      // False (no algorithm for this chunk's shape): the caller's tiled kernel rewrites all of out.
+      if (!lt_patch_gemm<T>(A.const_data_ptr<T>() + t0 * K, w.const_data_ptr<T>(), bias,
+                            pos != nullptr ? pos + t0 * N : nullptr, out.data_ptr<T>() + t0 * N, s.B, rows, T_, N, K,
+                            at::cuda::getCurrentCUDAStream()))
+        return false;
+    }
+    return true;
   }
 }
 
