@@ -16,11 +16,12 @@ from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direc
 #                plus the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM;
 #   fused_element_move: DAVAE_PATCH_TILE_MOVE=0, the per-element gather / scatter kernel instead of
 #                the shared-memory tile kernel (patch_tile.h) around the GEMMs;
-#   fused_pos_whole: DAVAE_PATCH_EMBED_POS_CHUNK=0, the forward's GEMM in one call instead of one per
-#                chunk of tokens whose positional-embedding slice stays in L2 (chunks only at 2048 px).
+# and one with a path switched on that is off by default:
+#   fused_pos_chunked: DAVAE_PATCH_EMBED_POS_CHUNK=4 MiB, the forward's GEMM per chunk of tokens whose
+#                positional-embedding slice stays in L2 for every batch entry (chunks only at 2048 px).
 ENV_PROVIDERS = {"fused_tiled": {"DAVAE_PATCH_EMBED_LT": "0"},
                  "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"},
-                 "fused_pos_whole": {"DAVAE_PATCH_EMBED_POS_CHUNK": "0"}}
+                 "fused_pos_chunked": {"DAVAE_PATCH_EMBED_POS_CHUNK": str(4 << 20)}}
 PROVIDERS = ["fused", *ENV_PROVIDERS, "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
@@ -95,8 +96,8 @@ def bench_patch_embed(benchmark, case, direction, provider):
     if provider in ENV_PROVIDERS:
         if device != "cuda":
             pytest.skip(f"{provider} switches off one of the CUDA op's paths")
-        if provider == "fused_pos_whole" and direction == "bwd":
-            pytest.skip("the positional chunks are the forward's")
+        if provider == "fused_pos_chunked" and (direction == "bwd" or s.T * s.hidden * 2 <= 4 << 20):
+            pytest.skip("the positional chunks are the forward's, and need pos over 4 MiB")
         with env_vars(ENV_PROVIDERS[provider]):
             time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
         return

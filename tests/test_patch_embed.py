@@ -52,9 +52,8 @@ def test_matches_reference(device_dtype, shape, epilogue, order):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_cuda_forward_in_positional_chunks(monkeypatch, budget, dtype):
     """The CUDA 16-bit forward runs its GEMM per chunk of tokens whose positional-embedding slice
-    fits DAVAE_PATCH_EMBED_POS_CHUNK bytes: 1024 bytes give 4 chunks of 7, 7, 7 and 6 tokens here
-    (64 hidden, T = 27); 0 gives one GEMM. Real shapes chunk only at 2048 px, which no other
-    test reaches."""
+    fits DAVAE_PATCH_EMBED_POS_CHUNK bytes (off by default): 1024 bytes give 4 chunks of 7, 7, 7
+    and 6 tokens here (64 hidden, T = 27); 0 gives one GEMM."""
     if not torch.cuda.is_available():
         pytest.skip("the chunks are the CUDA forward's")
     require_ext()

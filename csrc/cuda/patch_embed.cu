@@ -495,12 +495,13 @@ bool lt_enabled() { return env_enabled("DAVAE_PATCH_EMBED_LT"); }
 // entry after another, and each entry reads the positional embedding (its C matrix, batch stride
 // 0) again: when pos is larger than what L2 keeps between entries, while the output streams
 // through, that is up to B reads of pos from DRAM (SD3 2048 px: pos 12.6 MB, out 50 MB, 4 entries).
-// One GEMM per chunk of tokens whose pos slice is at most DAVAE_PATCH_EMBED_POS_CHUNK bytes
-// (default 4 MiB, a twelfth of an H100's L2; 0: one GEMM) keeps each slice in L2 for all B
-// entries, at the cost of a launch per chunk. SD3 2048 px: 4 chunks of 1024 tokens; 1024 px and
-// ImageNet: one. Not yet measured on a GPU: the benchmarks time both (fused_pos_whole).
+// One GEMM per chunk of tokens whose pos slice is at most DAVAE_PATCH_EMBED_POS_CHUNK bytes would
+// keep each slice in L2 for all B entries, at the cost of a launch per chunk (4 MiB, a twelfth of
+// an H100's L2: SD3 2048 px in 4 chunks of 1024 tokens; 1024 px and ImageNet in one). That is a
+// hypothesis no GPU has timed yet, so it is off by default (0: one GEMM, the path measured on an
+// H100); the benchmarks time it (fused_pos_chunked), and the next GPU run decides the default.
 int64_t pos_chunks(int64_t T_, int64_t N, int64_t elem_bytes) {
-  int64_t budget = int64_t{4} << 20;
+  int64_t budget = 0;
   if (const char* v = std::getenv("DAVAE_PATCH_EMBED_POS_CHUNK")) budget = std::strtoll(v, nullptr, 10);
   if (budget <= 0) return 1;
   const int64_t chunks = (T_ * N * elem_bytes + budget - 1) / budget;
