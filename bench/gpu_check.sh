@@ -5,9 +5,11 @@
 #   bash bench/gpu_check.sh OUTDIR
 #   QUICK=1 bash bench/gpu_check.sh OUTDIR   # host checks + CUDA patch-embed tests + one forward benchmark
 #
-# Knobs (environment): TEST_SELECT / BENCH_SELECT (pytest -k expressions), SKIP_PROBE=1 (no
-# raw-op crash probe), SAMPLING=1 (also bench/bench_sampling.py: SD3.5-M-sized sampling
-# throughput, BENCH_SAMPLING_STEPS denoising steps, default 10 here), TEST_TIMEOUT, BENCH_TIMEOUT.
+# Knobs (environment): TEST_SELECT / BENCH_SELECT (pytest -k expressions), PROBE=1 (also the
+# raw-op crash probe: each bad-input case in its own process, about a minute; the tests check the
+# same cases, and a crash there fails one xdist worker), SAMPLING=1 (also bench/bench_sampling.py:
+# SD3.5-M-sized sampling throughput, BENCH_SAMPLING_STEPS denoising steps, default 10 here),
+# TEST_TIMEOUT, BENCH_TIMEOUT.
 #
 # For an offline machine with an NVIDIA GPU, torch (CUDA build), nvcc, scikit-build-core,
 # pybind11, cmake and ninja already installed (no downloads: --no-build-isolation --no-deps).
@@ -40,7 +42,7 @@ grep -i "libstdc++\|CXX compiler identification" "$OUT/build.log" | head -5
 cd /tmp
 SRC="$OLDPWD"
 ldd "$($PY -c 'import davae_ext._C as c; print(c.__file__)')" | grep -i "stdc++\|cublasLt"
-if [ "${SKIP_PROBE:-0}" != 1 ]; then
+if [ "${PROBE:-0}" = 1 ]; then
   echo "== raw-op bad input: each case in its own process (a crash gets a backtrace) =="
   timeout 90 $PY "$SRC/bench/gpu_crash_probe.py" --out "$OUT/crash_probe.json" 2>&1 | tail -40
   echo "probe done ($(elapsed))"
