@@ -29,7 +29,8 @@ if ! $PY -c "import diffusers, transformers" 2>/dev/null && [ -d .gpu_wheels ]; 
   echo "diffusers from .gpu_wheels: rc=$? ($(elapsed))"
 fi
 
-arch=$($PY -c "import torch; M, m = torch.cuda.get_device_capability(); print(f'{M}{m}')")
+# ARCH=90 overrides the detection (a dry run of the plumbing on a machine without a GPU).
+arch=${ARCH:-$($PY -c "import torch; M, m = torch.cuda.get_device_capability(); print(f'{M}{m}')")}
 echo "== build for sm_$arch =="
 DAVAE_CUDA=ON DAVAE_CUDA_ARCHS="$arch" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
   $PY -m pip install --no-build-isolation --no-deps -v . -Cbuild-dir=/tmp/davae-build > "$OUT/build.log" 2>&1
