@@ -22,17 +22,25 @@ print("TORCH_NVIDIA_INCLUDES=" + "|".join(includes))
 # The libstdc++ this process (and so torch) runs with: the extension must use that same shared
 # library rather than carry a static copy (two copies of the locale machinery crash when a check
 # formats a number into an error message).
-libstdcxx = ""
-try:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if os.path.basename(path).startswith("libstdc++.so"):
-                libstdcxx = path
-                break
-except OSError:
-    pass
-print(f"TORCH_LIBSTDCXX={libstdcxx}")
+def loaded_library(prefix: str) -> str:
+    """The path of the first shared library this process has mapped whose name starts with prefix."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if os.path.basename(path).startswith(prefix):
+                    return path
+    except OSError:
+        pass
+    return ""
+
+
+print(f"TORCH_LIBSTDCXX={loaded_library('libstdc++.so')}")
+# ATen's parallel_for is an inline template: its OpenMP pragmas are compiled into the extension,
+# which needs -fopenmp for them (else every CPU kernel runs on one thread) and torch's own OpenMP
+# runtime (torch/lib/libgomp.so.1 in the pip wheels), never a second one.
+print(f"TORCH_OPENMP={int(torch._C.has_openmp and 'parallel backend: OpenMP' in torch.__config__.parallel_info())}")
+print(f"TORCH_LIBGOMP={loaded_library('libgomp')}")
 # cuBLASLt (the patch-embed forward calls it directly): the library torch's CUDA build ships with.
 cublaslt = ""
 for folder in [os.path.join(nvidia, n, "lib") for n in (sorted(os.listdir(nvidia)) if os.path.isdir(nvidia) else [])] + [

@@ -15,7 +15,8 @@ from conftest import require_ext
 
 def test_build_info_keys():
     info = davae_ext.build_info()
-    for key in ("extension_loaded", "cpu_kernels", "cuda_kernels", "cuda_archs", "torch_built_against", "torch_running"):
+    for key in ("extension_loaded", "cpu_kernels", "cpu_openmp", "cuda_kernels", "cuda_archs", "torch_built_against",
+                "torch_running"):
         assert key in info
     assert info["torch_running"] == torch.__version__
 
@@ -28,6 +29,30 @@ def test_extension_really_loaded_when_required():
     assert info["extension_loaded"], info["load_error"]
     assert info["torch_built_against"] == torch.__version__
     assert torch._C._dispatch_has_kernel_for_dispatch_key("davae_ext::detail_patch_embed", "CPU")
+
+
+def test_cpu_kernels_are_parallel_with_torchs_openmp():
+    """ATen's parallel_for compiles into the extension: without -fopenmp the CPU kernels ran on
+    one thread (the align loss took as long with 2 threads as with 1, 1.6x eager). With torch's
+    OpenMP backend the extension must call into an OpenMP runtime (GOMP_parallel, undefined here),
+    and that runtime must be the one torch loaded."""
+    require_ext()
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch's parallel backend is not OpenMP")
+    import shutil
+
+    from davae_ext import _C
+
+    assert davae_ext.build_info()["cpu_openmp"]
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not installed")
+    undefined = subprocess.run([nm, "--undefined-only", "-D", _C.__file__], capture_output=True, text=True,
+                               check=True).stdout
+    assert "GOMP_parallel" in undefined, f"{_C.__file__} has no OpenMP parallel region"
+    with open("/proc/self/maps") as maps:
+        gomp = {line.split()[-1] for line in maps if "libgomp" in line.split()[-1]}
+    assert len(gomp) == 1, f"more than one OpenMP runtime loaded: {sorted(gomp)}"
 
 
 def test_extension_does_not_carry_its_own_libstdcxx():

@@ -69,9 +69,18 @@ at::Tensor detail_align_loss_cpu(const at::Tensor& detail, const at::Tensor& bas
     std::vector<double> partial(static_cast<size_t>(units), 0.0);
     for_each_residual_chunk(d.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), s,
                             [&](int64_t u, int64_t, int64_t, int64_t n, const acc_t* res) {
-      acc_t acc = 0;
-      for (int64_t i = 0; i < n; ++i) acc += res[i] * res[i];
-      partial[u] = static_cast<double>(acc);
+      // kLanes independent sums, added in a fixed order at the end: the compiler vectorises this
+      // (one running sum it may not reorder, and its add latency made the op 1.6x slower than eager).
+      constexpr int64_t kLanes = 16;
+      acc_t lanes[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= n; i += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += res[i + l] * res[i + l];
+      }
+      for (; i < n; ++i) lanes[i % kLanes] += res[i] * res[i];
+      double acc = 0.0;
+      for (int64_t l = 0; l < kLanes; ++l) acc += static_cast<double>(lanes[l]);
+      partial[u] = acc;
     });
     double total = 0.0;
     for (double v : partial) total += v;  // fixed order: deterministic

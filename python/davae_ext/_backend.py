@@ -111,6 +111,8 @@ def build_info() -> dict:
         "load_error": LOAD_ERROR,
         "cpu_kernels": EXT_LOADED,
         "cuda_kernels": CUDA_KERNELS,
+        # The CPU kernels' parallel_for compiled with OpenMP (else they run on one thread).
+        "cpu_openmp": bool(getattr(_CONFIG, "CPU_OPENMP", False)) if _CONFIG else False,
         "cuda_archs": (_C.cuda_archs() if EXT_LOADED else (_CONFIG.CUDA_ARCHS if _CONFIG else "")) or None,
         "torch_built_against": _C.built_torch_version() if EXT_LOADED else (_CONFIG.TORCH_VERSION if _CONFIG else None),
         "torch_running": torch.__version__,
