@@ -12,6 +12,7 @@
 
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
+#include "parallel.h"
 
 namespace davae {
 namespace {
@@ -26,7 +27,7 @@ void for_each_residual_chunk(const T* detail, const T* base, const LatentShape& 
   const int64_t r = group_size(s.C, s.D);
   const int64_t HW = s.HW();
   const int64_t chunks_per_plane = (HW + kChunk - 1) / kChunk;
-  at::parallel_for(0, s.B * s.C * chunks_per_plane, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.B * s.C * chunks_per_plane, grain_for(kChunk * (r + 1)), [&](int64_t begin, int64_t end) {
     acc_t res[kChunk];
     for (int64_t u = begin; u < end; ++u) {
       const int64_t q = u / chunks_per_plane;

@@ -8,6 +8,7 @@
 
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
+#include "parallel.h"
 
 namespace davae {
 namespace {
@@ -19,7 +20,7 @@ void project_forward(const T* detail, T* out, const LatentShape& s) {
   using acc_t = at::opmath_type<T>;
   const int64_t r = group_size(s.C, s.D);
   const int64_t HW = s.HW();
-  at::parallel_for(0, s.B * s.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.B * s.C, grain_for(HW * (r + 1)), [&](int64_t begin, int64_t end) {
     acc_t acc[kChunk];
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / s.C;
@@ -43,7 +44,7 @@ void project_backward(const T* grad, T* d_detail, const LatentShape& s) {
   using acc_t = at::opmath_type<T>;
   const int64_t r = group_size(s.C, s.D);
   const int64_t HW = s.HW();
-  at::parallel_for(0, s.B * s.D, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.B * s.D, grain_for(HW), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / s.D;
       const int64_t c = (q - b * s.D) / r;

@@ -9,6 +9,7 @@
 
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
+#include "parallel.h"
 
 namespace davae {
 namespace {
@@ -19,9 +20,8 @@ template <bool kSplit, typename T>
 void copy_planes(T* latent, T* base, T* detail, const LatentShape& s, bool detail_first) {
   const int64_t CD = s.C + s.D;
   const int64_t HW = s.HW();
-  // Threads only pay off past ~256K elements per task; below that one memcpy stream wins.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(HW, 1));
-  at::parallel_for(0, s.B * CD, grain, [&](int64_t begin, int64_t end) {
+  // A second thread only pays off past ~256K copied elements per task: one memcpy stream is fast.
+  at::parallel_for(0, s.B * CD, grain_for(HW, int64_t{1} << 18), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / CD;
       const ChannelSource src = channel_source<int64_t>(q - b * CD, s.C, s.D, detail_first);

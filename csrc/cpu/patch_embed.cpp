@@ -22,6 +22,7 @@
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
 #include "davae_ext/patch_tile.h"
+#include "parallel.h"
 
 namespace davae {
 namespace {
@@ -52,7 +53,7 @@ void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_fir
     constexpr int P = decltype(patch)::value;
     auto run = [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
-      at::parallel_for(0, plan.tiles, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, plan.tiles, grain_for(plan.args.tile_tokens * s.K()), [&](int64_t begin, int64_t end) {
         T* buf = buffer0 + at::get_thread_num() * stride;
         for (int64_t tile = begin; tile < end; ++tile) {
           const PatchTile t = patch_tile(tile, plan.args);
