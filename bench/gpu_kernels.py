@@ -25,45 +25,38 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import davae_ext  # noqa: E402
 from davae_ext import ops  # noqa: E402
+from bench_patch_embed import make_inputs  # noqa: E402
 from common import CPU_SHAPES, CUDA_SHAPES  # noqa: E402
 
 
 def cases(shape, device, dtype):
     """name -> a no-argument function that runs the op once (backward cases: forward + backward
-    of a fresh graph; the forward's kernels are listed too and the names tell them apart)."""
+    of a fresh graph; the forward's kernels are listed too and the names tell them apart). Inputs
+    as in the benchmarks (bench_patch_embed.make_inputs)."""
     s = shape
-    g = torch.Generator().manual_seed(0)
-
-    def rnd(*size, grad=False):
-        return (torch.randn(*size, generator=g)).to(device, dtype).requires_grad_(grad)
-
-    base, detail = rnd(s.B, s.C, s.H, s.W), rnd(s.B, s.D, s.H, s.W)
-    base_g, detail_g = rnd(s.B, s.C, s.H, s.W, grad=True), rnd(s.B, s.D, s.H, s.W, grad=True)
-    weight, bias = rnd(s.hidden, s.C + s.D, s.p, s.p, grad=True), rnd(s.hidden, grad=True)
-    pos, pos_g = rnd(1, s.T, s.hidden), rnd(1, s.T, s.hidden, grad=True)
-    grad_out = rnd(s.B, s.T, s.hidden)
+    frozen = make_inputs(device, dtype, s, requires_grad=False)
+    trained = make_inputs(device, dtype, s, requires_grad=True)
+    finetune = make_inputs(device, dtype, s, requires_grad=True, only_weight_bias=True)
+    base, detail = frozen[:2]
+    grad_out = torch.randn(s.B, s.T, s.hidden, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
     def patch_fwd():
         with torch.no_grad():
-            ops.detail_patch_embed(base, detail, weight, bias, pos, s.p)
+            ops.detail_patch_embed(*frozen)
 
-    def patch_bwd_all():
-        out = ops.detail_patch_embed(base_g, detail_g, weight, bias, pos_g, s.p)
-        torch.autograd.grad(out, [base_g, detail_g, weight, bias, pos_g], grad_out)
-
-    def patch_bwd_finetune():
-        out = ops.detail_patch_embed(base, detail, weight, bias, pos, s.p)
-        torch.autograd.grad(out, [weight, bias], grad_out)
+    def backward(inputs):
+        leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        torch.autograd.grad(ops.detail_patch_embed(*inputs), leaves, grad_out)
 
     def concat_fwd():
         ops.latent_concat(base, detail)
 
     def align_fwdbwd():
-        loss = ops.detail_align_loss(detail_g, base_g)
-        torch.autograd.grad(loss, [detail_g, base_g])
+        detail_g, base_g = trained[1], trained[0]
+        torch.autograd.grad(ops.detail_align_loss(detail_g, base_g), [detail_g, base_g])
 
-    return {"patch_embed_fwd": patch_fwd, "patch_embed_bwd_all_inputs": patch_bwd_all,
-            "patch_embed_bwd_weight_bias": patch_bwd_finetune, "latent_concat_fwd": concat_fwd,
+    return {"patch_embed_fwd": patch_fwd, "patch_embed_bwd_all_inputs": lambda: backward(trained),
+            "patch_embed_bwd_weight_bias": lambda: backward(finetune), "latent_concat_fwd": concat_fwd,
             "detail_align_loss_fwdbwd": align_fwdbwd}
 
 

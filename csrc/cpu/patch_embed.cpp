@@ -39,10 +39,9 @@ template <bool kScatter, typename T, typename Epilogue>
 void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_first,
                   Epilogue tile_epilogue) {
   if (s.M() == 0) return;
-  auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
   PatchTilePlan plan{};
   TORCH_CHECK(plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T),
-                               aligned(A) && aligned(base) && aligned(detail), kCpuTileTokens,
+                               aligned16(A) && aligned16(base) && aligned16(detail), kCpuTileTokens,
                                int64_t{1} << 29, plan),
               "detail_patch_embed: a patch row of ", s.K(), " elements is too long");
   // One buffer per thread, each starting on a 64-byte boundary.
@@ -51,7 +50,7 @@ void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_fir
   T* buffer0 = buffers.data_ptr<T>();
   with_patch_size(s.p, [&](auto patch) {
     constexpr int P = decltype(patch)::value;
-    auto run = [&](auto vec) {
+    with_tile_vec<T>(plan, [&](auto vec) {
       constexpr int VEC = decltype(vec)::value;
       at::parallel_for(0, plan.tiles, grain_for(plan.args.tile_tokens * s.K()), [&](int64_t begin, int64_t end) {
         T* buf = buffer0 + at::get_thread_num() * stride;
@@ -67,12 +66,7 @@ void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_fir
           tile_epilogue(t.m0, int64_t{t.nt});
         }
       });
-    };
-    if (plan.vec == vec16<T>()) {
-      run(std::integral_constant<int, vec16<T>()>{});
-    } else {
-      run(std::integral_constant<int, 1>{});
-    }
+    });
   });
 }
 

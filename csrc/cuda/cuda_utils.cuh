@@ -26,8 +26,6 @@ namespace davae::cuda {
 
 constexpr int kThreads = 256;
 
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 // Grid size for `work` items of kThreads each, capped for grid-stride loops.
 inline int64_t blocks_for(int64_t work, int64_t cap = 65535LL * 8) {
   const int64_t b = (work + kThreads - 1) / kThreads;

@@ -459,16 +459,11 @@ void launch_move(T* A, T* base, T* detail, const PatchShape& s, bool detail_firs
     const size_t smem = static_cast<size_t>(plan.buffer_elems) * sizeof(T);
     with_patch_size(s.p, [&](auto patch) {
       constexpr int P = decltype(patch)::value;
-      auto run = [&](auto vec) {
+      with_tile_vec<T>(plan, [&](auto vec) {
         constexpr int VEC = decltype(vec)::value;
         patch_tile_kernel<kScatter, P, VEC><<<static_cast<unsigned>(plan.tiles), kThreads, smem, stream>>>(
             A, base, detail, plan.args);
-      };
-      if (plan.vec == vec16<T>()) {
-        run(std::integral_constant<int, vec16<T>()>{});
-      } else {
-        run(std::integral_constant<int, 1>{});
-      }
+      });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;

@@ -51,6 +51,9 @@ DAVAE_HD PatchTile patch_tile(int64_t tile, const PatchTileArgs& a) {
                    static_cast<int>(left < a.tile_tokens ? left : a.tile_tokens)};
 }
 
+// Element e of a segment whose first buffer column is col: its place in the tile buffer.
+DAVAE_HD int tile_buffer_index(int e, int col, int p, int lds) { return (e / p) * lds + col + e % p; }
+
 // P: the patch size when known at compile time (1, 2, 4), else 0 (read from a.p).
 template <bool kScatter, int P, int VEC, typename T>
 DAVAE_HD void patch_tile_latent_phase(T* base, T* detail, T* buf, const PatchTileArgs& a,
@@ -78,10 +81,7 @@ DAVAE_HD void patch_tile_latent_phase(T* base, T* detail, T* buf, const PatchTil
       e0[u] = v * VEC;
       if constexpr (kScatter) {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const int e = e0[u] + j;
-          x[u].v[j] = buf[(e / p) * lds + col[u] + e % p];
-        }
+        for (int j = 0; j < VEC; ++j) x[u].v[j] = buf[tile_buffer_index(e0[u] + j, col[u], p, lds)];
       } else {
         x[u] = load_vec<VEC>(seg[u]);
       }
@@ -93,10 +93,7 @@ DAVAE_HD void patch_tile_latent_phase(T* base, T* detail, T* buf, const PatchTil
         store_vec<VEC>(seg[u], x[u]);
       } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const int e = e0[u] + j;
-          buf[(e / p) * lds + col[u] + e % p] = x[u].v[j];
-        }
+        for (int j = 0; j < VEC; ++j) buf[tile_buffer_index(e0[u] + j, col[u], p, lds)] = x[u].v[j];
       }
     }
   }
@@ -110,22 +107,22 @@ DAVAE_HD void patch_tile_rows_phase(T* A, T* buf, const PatchTileArgs& a, const 
   const int lds = static_cast<int>(a.lds);
   T* rows = A + t.m0 * a.K;  // the tile's rows are contiguous: item i is at rows + i * VEC
   for (int i0 = first; i0 < items; i0 += step * kTileBatch) {
+    T* in_rows[kTileBatch];
+    T* in_buf[kTileBatch];
     Vec<T, VEC> x[kTileBatch];
 #pragma unroll
     for (int u = 0; u < kTileBatch; ++u) {
       const int i = i0 + u * step;
       if (i >= items) continue;
       const int r = i / per_row;
-      T* in_buf = buf + r * lds + (i - r * per_row) * VEC;
-      x[u] = load_vec<VEC>(kScatter ? rows + int64_t{i} * VEC : in_buf);
+      in_rows[u] = rows + int64_t{i} * VEC;
+      in_buf[u] = buf + r * lds + (i - r * per_row) * VEC;
+      x[u] = load_vec<VEC>(kScatter ? in_rows[u] : in_buf[u]);
     }
 #pragma unroll
     for (int u = 0; u < kTileBatch; ++u) {
-      const int i = i0 + u * step;
-      if (i >= items) continue;
-      const int r = i / per_row;
-      T* in_buf = buf + r * lds + (i - r * per_row) * VEC;
-      store_vec<VEC>(kScatter ? in_buf : rows + int64_t{i} * VEC, x[u]);
+      if (i0 + u * step >= items) continue;
+      store_vec<VEC>(kScatter ? in_buf[u] : in_rows[u], x[u]);
     }
   }
 }
@@ -165,6 +162,16 @@ inline bool plan_patch_tiles(int64_t B, int64_t C, int64_t D, int64_t H, int64_t
   plan.tiles = B * Hp * plan.args.tiles_per_row;
   plan.buffer_elems = tokens * lds;
   return true;
+}
+
+// f(std::integral_constant<int, VEC>) with the plan's vector width for T (16 bytes, or 1).
+template <typename T, typename F>
+void with_tile_vec(const PatchTilePlan& plan, F f) {
+  if (plan.vec == vec16<T>()) {
+    f(std::integral_constant<int, vec16<T>()>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
 }
 
 // f(std::integral_constant<int, P>) with P the patch size when it is 1, 2 or 4, else 0.

@@ -2,6 +2,7 @@
 // vector loads and stores, and the same code run on the CPU (patch_tile.h).
 #pragma once
 
+#include <cstdint>
 #include <cstring>
 
 #include "davae_ext/host_device.h"
@@ -17,6 +18,8 @@ template <typename T>
 constexpr int vec16() {
   return 16 / static_cast<int>(sizeof(T));
 }
+
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 // One VEC-wide load / store at an address aligned to sizeof(Vec<T, VEC>). On the host through
 // memcpy (no type punning), which compiles to the same single move.
