@@ -1,7 +1,8 @@
 // detail_align_loss on CUDA: ||Proj(detail) - base||^2 in one launch each way, Proj never
-// materialised. The reduced forward is deterministic: a grid sized from the input size only, a
-// fixed-order block reduction into per-block partials, and the last block to finish (atomic
-// ticket) adds the partials in index order. No host synchronisation.
+// materialised. The per-vector code is plane_vectors.h's (align_diff, align_loss_backward_vector),
+// which tests/cpp/kernel_items.cpp runs on the CPU. The reduced forward is deterministic: a grid
+// sized from the input size only, a fixed-order block reduction into per-block partials, and the
+// last block to finish (atomic ticket) adds the partials in index order. No host synchronisation.
 #include <torch/library.h>
 
 #include <tuple>
@@ -9,43 +10,31 @@
 #include "cuda_utils.cuh"
 #include "davae_ext/checks.h"
 #include "davae_ext/index_math.h"
-#include "group_mean.cuh"
+#include "plane_launch.cuh"
 
 namespace davae::cuda {
 namespace {
 
 constexpr int64_t kMaxPartials = 1024;
 
-template <int VEC, typename T>
+template <int VEC, typename T, typename Div>
 __global__ void __launch_bounds__(kThreads)
     align_loss_kernel(const T* __restrict__ detail, const T* __restrict__ base, T* __restrict__ out,
-                      float* __restrict__ partials, unsigned int* __restrict__ ticket,
-                      int64_t total_vecs, int64_t vecs_per_plane, int64_t C, int64_t D,
-                      int64_t reduction) {
-  using V = Vec<T, VEC>;
-  const int64_t r = group_size(C, D);
+                      float* __restrict__ partials, unsigned int* __restrict__ ticket, PlaneVectors<Div> g,
+                      typename Div::index_t r, int64_t reduction) {
+  using I = typename Div::index_t;
   float local = 0.f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total_vecs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = i / vecs_per_plane;  // b * C + c
-    const int64_t b = q / C;
-    float acc[VEC];
-    group_mean<VEC>(detail, b, q - b * C, i - q * vecs_per_plane, r, D, vecs_per_plane, acc);
-    const V z = *reinterpret_cast<const V*>(base + i * VEC);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < g.total; i += I(gridDim.x) * blockDim.x) {
+    float diff[VEC];
+    align_diff<VEC>(detail, base, g, r, i, diff);
     if (reduction == kNone) {
-      V o;
+      Vec<T, VEC> o;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float d = acc[k] - to_float(z.v[k]);
-        o.v[k] = from_float<T>(d * d);
-      }
-      *reinterpret_cast<V*>(out + i * VEC) = o;
+      for (int k = 0; k < VEC; ++k) o.v[k] = from_float<T>(diff[k] * diff[k]);
+      store_vec<VEC>(out + static_cast<int64_t>(i) * VEC, o);
     } else {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float d = acc[k] - to_float(z.v[k]);
-        local += d * d;
-      }
+      for (int k = 0; k < VEC; ++k) local += diff[k] * diff[k];
     }
   }
   if (reduction == kNone) return;
@@ -64,46 +53,23 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = threadIdx.x; i < gridDim.x; i += blockDim.x) v += __ldcg(partials + i);
   v = block_sum(v);
   if (threadIdx.x == 0) {
-    const float n = static_cast<float>(total_vecs * VEC);
+    const float n = static_cast<float>(static_cast<int64_t>(g.total) * VEC);
     out[0] = from_float<T>(reduction == kMean ? v / n : v);
   }
 }
 
-template <int VEC, typename T>
+template <int VEC, typename T, typename Div>
 __global__ void __launch_bounds__(kThreads)
     align_loss_backward_kernel(const T* __restrict__ grad, const T* __restrict__ detail,
                                const T* __restrict__ base, T* __restrict__ d_detail,
-                               T* __restrict__ d_base, int64_t total_vecs, int64_t vecs_per_plane,
-                               int64_t C, int64_t D, int64_t reduction) {
-  using V = Vec<T, VEC>;
-  const int64_t r = group_size(C, D);
-  const float scale = reduction == kMean ? 2.f / static_cast<float>(total_vecs * VEC) : 2.f;
+                               T* __restrict__ d_base, PlaneVectors<Div> g, typename Div::index_t r,
+                               int64_t reduction) {
+  using I = typename Div::index_t;
+  const float scale = reduction == kMean ? 2.f / static_cast<float>(static_cast<int64_t>(g.total) * VEC) : 2.f;
   const float g0 = reduction == kNone ? 0.f : to_float(grad[0]);
-  const float inv_r = 1.f / static_cast<float>(r);
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total_vecs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = i / vecs_per_plane;
-    const int64_t b = q / C;
-    const int64_t c = q - b * C;
-    const int64_t within = i - q * vecs_per_plane;
-    float acc[VEC];
-    group_mean<VEC>(detail, b, c, within, r, D, vecs_per_plane, acc);
-    const V z = *reinterpret_cast<const V*>(base + i * VEC);
-    V g;
-    if (reduction == kNone) g = *reinterpret_cast<const V*>(grad + i * VEC);
-    V db, dd;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float gi = reduction == kNone ? to_float(g.v[k]) : g0;
-      const float d_proj = scale * gi * (acc[k] - to_float(z.v[k]));
-      db.v[k] = from_float<T>(-d_proj);
-      dd.v[k] = from_float<T>(d_proj * inv_r);
-    }
-    *reinterpret_cast<V*>(d_base + i * VEC) = db;
-    for (int64_t j = 0; j < r; ++j) {
-      const int64_t plane = b * D + detail_channel(c, j, r);
-      *reinterpret_cast<V*>(d_detail + (plane * vecs_per_plane + within) * VEC) = dd;
-    }
+  const T* per_element = reduction == kNone ? grad : nullptr;
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < g.total; i += I(gridDim.x) * blockDim.x) {
+    align_loss_backward_vector<VEC>(per_element, g0, scale, detail, base, d_detail, d_base, g, r, i);
   }
 }
 
@@ -121,10 +87,11 @@ at::Tensor detail_align_loss_cuda(const at::Tensor& detail, const at::Tensor& ba
       const scalar_t* dp = d.const_data_ptr<scalar_t>();
       const scalar_t* zp = z.const_data_ptr<scalar_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
-      with_vec<scalar_t>(s.HW(), aligned16(dp) && aligned16(zp) && aligned16(op), [&](auto vec) {
-        constexpr int V = decltype(vec)::value;
-        align_loss_kernel<V><<<blocks_for(total / V), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            dp, zp, op, nullptr, nullptr, total / V, s.HW() / V, s.C, s.D, reduction);
+      with_plane_vectors<scalar_t>(s.B, s.C, s.HW(), aligned16(dp) && aligned16(zp) && aligned16(op),
+                                   [&](auto vec, auto g) {
+        using I = typename decltype(g)::I;
+        align_loss_kernel<decltype(vec)::value><<<blocks_for(g.total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            dp, zp, op, nullptr, nullptr, g, I(s.D / s.C), reduction);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -138,14 +105,13 @@ at::Tensor detail_align_loss_cuda(const at::Tensor& detail, const at::Tensor& ba
   DAVAE_DISPATCH_FLOAT_HALF_BF16(base.scalar_type(), "detail_align_loss_cuda", [&] {
     const scalar_t* dp = d.const_data_ptr<scalar_t>();
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    with_vec<scalar_t>(s.HW(), aligned16(dp) && aligned16(zp), [&](auto vec) {
-      constexpr int V = decltype(vec)::value;
-      const int64_t blocks = blocks_for(total / V, kMaxPartials);
+    with_plane_vectors<scalar_t>(s.B, s.C, s.HW(), aligned16(dp) && aligned16(zp), [&](auto vec, auto g) {
+      using I = typename decltype(g)::I;
+      const int64_t blocks = blocks_for(g.total, kMaxPartials);
       at::Tensor partials = at::empty({blocks}, base.options().dtype(at::kFloat));
-      align_loss_kernel<V><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      align_loss_kernel<decltype(vec)::value><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           dp, zp, out.data_ptr<scalar_t>(), partials.data_ptr<float>(),
-          reinterpret_cast<unsigned int*>(ticket.data_ptr<int>()), total / V, s.HW() / V, s.C, s.D,
-          reduction);
+          reinterpret_cast<unsigned int*>(ticket.data_ptr<int>()), g, I(s.D / s.C), reduction);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -174,11 +140,11 @@ std::tuple<at::Tensor, at::Tensor> detail_align_loss_backward_cuda(const at::Ten
     scalar_t* dbp = d_base.data_ptr<scalar_t>();
     const bool aligned = aligned16(dp) && aligned16(zp) && aligned16(ddp) && aligned16(dbp) &&
                          (reduction != kNone || aligned16(gp));
-    with_vec<scalar_t>(s.HW(), aligned, [&](auto vec) {
-      constexpr int V = decltype(vec)::value;
-      align_loss_backward_kernel<V><<<blocks_for(total / V), kThreads, 0,
-                                      at::cuda::getCurrentCUDAStream()>>>(
-          gp, dp, zp, ddp, dbp, total / V, s.HW() / V, s.C, s.D, reduction);
+    with_plane_vectors<scalar_t>(s.B, s.C, s.HW(), aligned, [&](auto vec, auto g) {
+      using I = typename decltype(g)::I;
+      align_loss_backward_kernel<decltype(vec)::value><<<blocks_for(g.total), kThreads, 0,
+                                                         at::cuda::getCurrentCUDAStream()>>>(
+          gp, dp, zp, ddp, dbp, g, I(s.D / s.C), reduction);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

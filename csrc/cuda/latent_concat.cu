@@ -1,59 +1,38 @@
 // latent_concat on CUDA: one launch each way. Each thread moves one 16-byte vector of a plane of
-// the concatenated latent from / to the base or detail plane it belongs to (index math from
-// index_math.h, as on CPU). Scalar path when a plane is not a whole number of vectors or a
-// pointer is not 16-byte aligned.
+// the concatenated latent from / to the base or detail plane it belongs to (plane_vectors.h:
+// concat_vector, which tests/cpp/kernel_items.cpp runs on the CPU). Scalar path when a plane is
+// not a whole number of vectors or a pointer is not 16-byte aligned.
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "cuda_utils.cuh"
 #include "davae_ext/checks.h"
-#include "davae_ext/index_math.h"
+#include "plane_launch.cuh"
 
 namespace davae::cuda {
 namespace {
 
-template <bool kSplit, int VEC, typename T>
+template <bool kSplit, int VEC, typename T, typename Div>
 __global__ void __launch_bounds__(kThreads)
-    concat_planes_kernel(T* __restrict__ latent, T* __restrict__ base, T* __restrict__ detail,
-                         int64_t total_vecs, int64_t vecs_per_plane, int64_t C, int64_t D,
-                         bool detail_first) {
-  using V = Vec<T, VEC>;
-  const int64_t CD = C + D;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total_vecs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = i / vecs_per_plane;  // plane of the concatenated latent: b * CD + ch
-    const int64_t within = i - q * vecs_per_plane;
-    const int64_t b = q / CD;
-    const ChannelSource src = channel_source<int64_t>(q - b * CD, C, D, detail_first);
-    T* part = src.is_base ? base + ((b * C + src.channel) * vecs_per_plane + within) * VEC
-                          : detail + ((b * D + src.channel) * vecs_per_plane + within) * VEC;
-    T* whole = latent + i * VEC;
-    if constexpr (kSplit) {
-      *reinterpret_cast<V*>(part) = *reinterpret_cast<const V*>(whole);
-    } else {
-      *reinterpret_cast<V*>(whole) = *reinterpret_cast<const V*>(part);
-    }
+    concat_kernel(T* __restrict__ latent, T* __restrict__ base, T* __restrict__ detail, PlaneVectors<Div> g,
+                  typename Div::index_t C, typename Div::index_t D, bool detail_first) {
+  using I = typename Div::index_t;
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < g.total; i += I(gridDim.x) * blockDim.x) {
+    concat_vector<kSplit, VEC>(latent, base, detail, g, i, C, D, detail_first);
   }
 }
 
 template <bool kSplit, typename T>
 void launch(T* latent, T* base, T* detail, const LatentShape& s, bool detail_first) {
-  const int64_t HW = s.HW();
-  const int64_t total = s.B * (s.C + s.D) * HW;
-  if (total == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  constexpr int kVec = vec16<T>();
-  const bool vec_ok = HW % kVec == 0 && aligned16(latent) && aligned16(base) && aligned16(detail);
-  if (vec_ok) {
-    const int64_t vecs = total / kVec;
-    concat_planes_kernel<kSplit, kVec><<<blocks_for(vecs), kThreads, 0, stream>>>(
-        latent, base, detail, vecs, HW / kVec, s.C, s.D, detail_first);
-  } else {
-    concat_planes_kernel<kSplit, 1><<<blocks_for(total), kThreads, 0, stream>>>(
-        latent, base, detail, total, HW, s.C, s.D, detail_first);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (s.B * (s.C + s.D) * s.HW() == 0) return;
+  const bool aligned = aligned16(latent) && aligned16(base) && aligned16(detail);
+  with_plane_vectors<T>(s.B, s.C + s.D, s.HW(), aligned, [&](auto vec, auto g) {
+    using I = typename decltype(g)::I;
+    concat_kernel<kSplit, decltype(vec)::value><<<blocks_for(g.total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        latent, base, detail, g, I(s.C), I(s.D), detail_first);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 at::Tensor latent_concat_cuda(const at::Tensor& base, const at::Tensor& detail, bool detail_first) {

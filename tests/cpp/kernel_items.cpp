@@ -1,0 +1,390 @@
+// The CUDA kernels' per-item code (csrc/include/davae_ext/*.h), run on the CPU.
+//
+//   kernel_items SECTION     SECTION: divmod | concat | project | align | patch_tile
+//
+// Each section runs the functions a CUDA thread runs, for every index of the launch, and compares
+// the result with a direct computation written here; patch_tile runs each tile as a block of 256
+// threads would (thread t takes work items t, t + 256, ...), which is not how the CPU kernel runs
+// it (one thread, items in order). Prints one line per failure and a summary; exit status 1 on any
+// failure. tests/test_kernel_items.py compiles and runs it.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "davae_ext/divmod.h"
+#include "davae_ext/index_math.h"
+#include "davae_ext/patch_tile.h"
+#include "davae_ext/plane_vectors.h"
+#include "davae_ext/vec.h"
+
+using namespace davae;
+
+namespace {
+
+int64_t g_checks = 0, g_failures = 0;
+
+void check(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok && ++g_failures <= 20) std::printf("FAIL %s\n", what.c_str());
+}
+
+template <typename T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "float32";
+  if constexpr (std::is_same_v<T, c10::Half>) return "float16";
+  return "bfloat16";
+}
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// Values exactly representable in every dtype (multiples of 1/8 in [-4, 4)), so a 16-bit copy is
+// exact and a float sum in a fixed order is the same wherever it is computed.
+template <typename T>
+std::vector<T> random_values(size_t n, std::mt19937& rng) {
+  std::uniform_int_distribution<int> dist(-32, 31);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(dist(rng) / 8.f);
+  return v;
+}
+
+// A 16-byte aligned copy (std::vector<T> of 2-byte T guarantees only 2), plus an offset so that
+// the VEC = 1 path also sees misaligned data.
+template <typename T>
+struct Buffer {
+  std::vector<unsigned char> raw;
+  T* data;
+  size_t n;
+  Buffer(const std::vector<T>& v, size_t misalign_elems = 0) : raw((v.size() + misalign_elems) * sizeof(T) + 16), n(v.size()) {
+    auto addr = reinterpret_cast<std::uintptr_t>(raw.data());
+    data = reinterpret_cast<T*>((addr + 15) / 16 * 16) + misalign_elems;
+    if (!v.empty()) std::memcpy(data, v.data(), v.size() * sizeof(T));
+  }
+  std::vector<T> values() const { return std::vector<T>(data, data + n); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// divmod.h
+void test_divmod() {
+  std::mt19937 rng(1);
+  std::vector<int64_t> divisors;
+  for (int64_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int s = 12; s < 31; ++s) {
+    for (int64_t delta : {-1, 0, 1}) divisors.push_back((int64_t{1} << s) + delta);
+  }
+  divisors.push_back((int64_t{1} << 31) - 1);
+  std::uniform_int_distribution<int64_t> any(1, (int64_t{1} << 31) - 1);
+  for (int i = 0; i < 2000; ++i) divisors.push_back(any(rng));
+  const int64_t top = (int64_t{1} << 31) - 1;
+  for (int64_t d : divisors) {
+    const FastDivmod fast(d);
+    const Divmod64 slow(d);
+    std::vector<int64_t> xs = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, top, top - 1, top - d, top / d * d,
+                               top / d * d - 1};
+    for (int i = 0; i < 64; ++i) xs.push_back(any(rng));
+    for (int i = 0; i < 64; ++i) xs.push_back(any(rng) % (64 * d + 1));
+    for (int64_t x : xs) {
+      if (x < 0 || x > top) continue;
+      uint32_t q, r;
+      fast.divmod(static_cast<uint32_t>(x), q, r);
+      int64_t q64, r64;
+      slow.divmod(x, q64, r64);
+      const bool ok = q == x / d && r == x % d && q64 == x / d && r64 == x % d;
+      check(ok, "divmod " + std::to_string(x) + " / " + std::to_string(d) + " gave " + std::to_string(q) + " r " +
+                    std::to_string(r));
+    }
+  }
+  // Every dividend below 2^20 for a few divisors (the range of most vector indices).
+  for (int64_t d : {3, 7, 12, 48, 96, 255, 1000, 4095}) {
+    const FastDivmod fast(d);
+    bool ok = true;
+    for (uint32_t x = 0; x < (1u << 20); ++x) ok = ok && fast.div(x) == x / d;
+    check(ok, "divmod: all x < 2^20 by " + std::to_string(d));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// plane_vectors.h: the elementwise ops for one shape, dtype, vector width and divider.
+struct Shape {
+  int64_t B, C, D, H, W;
+};
+
+std::string label(const char* op, const Shape& s, const char* dtype, int vec, bool fast, bool detail_first = false) {
+  char b[200];
+  std::snprintf(b, sizeof(b), "%s %s B=%lld C=%lld D=%lld H=%lld W=%lld VEC=%d %s%s", op, dtype, (long long)s.B,
+                (long long)s.C, (long long)s.D, (long long)s.H, (long long)s.W, vec, fast ? "FastDivmod" : "Divmod64",
+                detail_first ? " detail_first" : "");
+  return b;
+}
+
+template <int VEC, typename T, typename Div>
+void concat_case(const Shape& s, bool detail_first, std::mt19937& rng) {
+  using I = typename Div::index_t;
+  const int64_t HW = s.H * s.W, CD = s.C + s.D;
+  const size_t misalign = VEC == 1 ? 1 : 0;
+  const auto base_v = random_values<T>(s.B * s.C * HW, rng), detail_v = random_values<T>(s.B * s.D * HW, rng);
+  std::vector<T> expect(s.B * CD * HW);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t ch = 0; ch < CD; ++ch) {
+      const bool from_base = detail_first ? ch >= s.D : ch < s.C;
+      const int64_t c = detail_first ? (from_base ? ch - s.D : ch) : (from_base ? ch : ch - s.C);
+      const T* src = from_base ? &base_v[(b * s.C + c) * HW] : &detail_v[(b * s.D + c) * HW];
+      std::copy(src, src + HW, &expect[(b * CD + ch) * HW]);
+    }
+  const auto g = plane_vectors<Div>(s.B, CD, HW, VEC);
+  const std::string what = label("concat", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>, detail_first);
+  Buffer<T> base(base_v, misalign), detail(detail_v, misalign), latent(std::vector<T>(expect.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i)
+    concat_vector<false, VEC>(latent.data, base.data, detail.data, g, i, I(s.C), I(s.D), detail_first);
+  check(same_bits(latent.values(), expect), what + " forward");
+  Buffer<T> d_base(std::vector<T>(base_v.size(), T(-99.f)), misalign), d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i)
+    concat_vector<true, VEC>(latent.data, d_base.data, d_detail.data, g, i, I(s.C), I(s.D), detail_first);
+  check(same_bits(d_base.values(), base_v) && same_bits(d_detail.values(), detail_v), what + " backward");
+}
+
+// The direct Proj: float mean over each group, channels in order.
+template <typename T>
+std::vector<float> direct_proj(const std::vector<T>& detail, const Shape& s) {
+  const int64_t HW = s.H * s.W, r = s.D / s.C;
+  std::vector<float> out(s.B * s.C * HW);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t x = 0; x < HW; ++x) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < r; ++j) acc += static_cast<float>(detail[(b * s.D + c * r + j) * HW + x]);
+        out[(b * s.C + c) * HW + x] = acc / static_cast<float>(r);
+      }
+  return out;
+}
+
+template <int VEC, typename T, typename Div>
+void project_case(const Shape& s, std::mt19937& rng) {
+  using I = typename Div::index_t;
+  const int64_t HW = s.H * s.W, r = s.D / s.C;
+  const size_t misalign = VEC == 1 ? 1 : 0;
+  const auto detail_v = random_values<T>(s.B * s.D * HW, rng), grad_v = random_values<T>(s.B * s.C * HW, rng);
+  const auto proj = direct_proj(detail_v, s);
+  std::vector<T> expect(proj.size()), expect_back(detail_v.size());
+  for (size_t e = 0; e < proj.size(); ++e) expect[e] = static_cast<T>(proj[e]);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t d = 0; d < s.D; ++d)
+      for (int64_t x = 0; x < HW; ++x)
+        expect_back[(b * s.D + d) * HW + x] =
+            static_cast<T>(static_cast<float>(grad_v[(b * s.C + d / r) * HW + x]) * (1.f / static_cast<float>(r)));
+  const auto g = plane_vectors<Div>(s.B, s.C, HW, VEC);
+  const std::string what = label("project", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>);
+  Buffer<T> detail(detail_v, misalign), out(std::vector<T>(expect.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i) project_vector<VEC>(detail.data, out.data, g, I(r), i);
+  check(same_bits(out.values(), expect), what + " forward");
+  Buffer<T> grad(grad_v, misalign), d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i) project_backward_vector<VEC>(grad.data, d_detail.data, g, I(r), i);
+  check(same_bits(d_detail.values(), expect_back), what + " backward");
+}
+
+template <int VEC, typename T, typename Div>
+void align_case(const Shape& s, std::mt19937& rng) {
+  using I = typename Div::index_t;
+  const int64_t HW = s.H * s.W, r = s.D / s.C;
+  const size_t misalign = VEC == 1 ? 1 : 0;
+  const auto detail_v = random_values<T>(s.B * s.D * HW, rng), base_v = random_values<T>(s.B * s.C * HW, rng);
+  const auto grad_v = random_values<T>(base_v.size(), rng);
+  const auto proj = direct_proj(detail_v, s);
+  const auto g = plane_vectors<Div>(s.B, s.C, HW, VEC);
+  const std::string what = label("align", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>);
+  Buffer<T> detail(detail_v, misalign), base(base_v, misalign), grad(grad_v, misalign);
+  // align_diff against the direct difference, element by element (exact: same float operations).
+  bool diff_ok = true;
+  for (I i = 0; i < g.total; ++i) {
+    float diff[VEC];
+    align_diff<VEC>(detail.data, base.data, g, I(r), i, diff);
+    for (int k = 0; k < VEC; ++k) {
+      const int64_t e = static_cast<int64_t>(i) * VEC + k;
+      diff_ok = diff_ok && diff[k] == proj[e] - static_cast<float>(base_v[e]);
+    }
+  }
+  check(diff_ok, what + " diff");
+  // Backward, per-element grad (reduction none) and a scalar grad with the mean's scale.
+  for (bool elementwise : {true, false}) {
+    const float g0 = 0.75f, scale = elementwise ? 2.f : 2.f / static_cast<float>(base_v.size());
+    std::vector<T> expect_base(base_v.size()), expect_detail(detail_v.size());
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t x = 0; x < HW; ++x) {
+          const int64_t e = (b * s.C + c) * HW + x;
+          const float gk = elementwise ? static_cast<float>(grad_v[e]) : g0;
+          const float d_proj = scale * gk * (proj[e] - static_cast<float>(base_v[e]));
+          expect_base[e] = static_cast<T>(-d_proj);
+          for (int64_t j = 0; j < r; ++j)
+            expect_detail[(b * s.D + c * r + j) * HW + x] = static_cast<T>(d_proj * (1.f / static_cast<float>(r)));
+        }
+    Buffer<T> d_base(std::vector<T>(base_v.size(), T(-99.f)), misalign),
+        d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
+    for (I i = 0; i < g.total; ++i)
+      align_loss_backward_vector<VEC>(elementwise ? grad.data : static_cast<const T*>(nullptr), g0, scale, detail.data,
+                                      base.data, d_detail.data, d_base.data, g, I(r), i);
+    check(same_bits(d_base.values(), expect_base) && same_bits(d_detail.values(), expect_detail),
+          what + (elementwise ? " backward (per-element grad)" : " backward (scalar grad)"));
+  }
+}
+
+const std::vector<Shape> kLatentShapes = {
+    {2, 4, 8, 5, 7},     // odd plane: VEC = 1 only
+    {3, 16, 16, 8, 8},   // whole vectors, r = 1
+    {2, 3, 9, 4, 6},     // r = 3, HW = 24 (whole float32 and 16-bit vectors)
+    {1, 32, 96, 16, 16}, // ImageNet's channels
+    {4, 2, 4, 1, 8},
+};
+
+template <typename T, typename Div>
+void elementwise_all(const char* section, std::mt19937& rng) {
+  constexpr int kVec = vec16<T>();
+  for (const Shape& s : kLatentShapes) {
+    const bool whole = (s.H * s.W) % kVec == 0;
+    if (!std::strcmp(section, "concat")) {
+      for (bool df : {false, true}) {
+        concat_case<1, T, Div>(s, df, rng);
+        if (whole) concat_case<kVec, T, Div>(s, df, rng);
+      }
+    } else if (!std::strcmp(section, "project")) {
+      project_case<1, T, Div>(s, rng);
+      if (whole) project_case<kVec, T, Div>(s, rng);
+    } else {
+      align_case<1, T, Div>(s, rng);
+      if (whole) align_case<kVec, T, Div>(s, rng);
+    }
+  }
+}
+
+void test_elementwise(const char* section) {
+  std::mt19937 rng(2);
+  elementwise_all<float, FastDivmod>(section, rng);
+  elementwise_all<float, Divmod64>(section, rng);
+  elementwise_all<c10::Half, FastDivmod>(section, rng);
+  elementwise_all<c10::BFloat16, FastDivmod>(section, rng);
+  elementwise_all<c10::BFloat16, Divmod64>(section, rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// patch_tile.h, as a CUDA block runs it: 256 threads, thread t taking items t, t + 256, ...
+constexpr int kBlock = 256;
+
+struct PatchCase {
+  int64_t B, C, D, H, W, p, max_tokens;
+};
+
+template <typename T>
+void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
+  const int64_t HW = pc.H * pc.W, p = pc.p, Hp = pc.H / p, Wp = pc.W / p, CD = pc.C + pc.D, K = CD * p * p;
+  const int64_t M = pc.B * Hp * Wp;
+  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
+  // The direct im2col of the concatenated latent: A[m, k], k = ch * p^2 + py * p + px.
+  std::vector<T> expect(M * K);
+  for (int64_t b = 0; b < pc.B; ++b)
+    for (int64_t ty = 0; ty < Hp; ++ty)
+      for (int64_t tx = 0; tx < Wp; ++tx)
+        for (int64_t ch = 0; ch < CD; ++ch)
+          for (int64_t py = 0; py < p; ++py)
+            for (int64_t px = 0; px < p; ++px) {
+              const bool from_base = detail_first ? ch >= pc.D : ch < pc.C;
+              const int64_t c = detail_first ? (from_base ? ch - pc.D : ch) : (from_base ? ch : ch - pc.C);
+              const int64_t yx = (ty * p + py) * pc.W + tx * p + px;
+              expect[((b * Hp + ty) * Wp + tx) * K + (ch * p + py) * p + px] =
+                  from_base ? base_v[(b * pc.C + c) * HW + yx] : detail_v[(b * pc.D + c) * HW + yx];
+            }
+  Buffer<T> base(base_v), detail(detail_v), A(std::vector<T>(expect.size(), T(-99.f)));
+  PatchTilePlan plan{};
+  const bool planned = plan_patch_tiles(pc.B, pc.C, pc.D, pc.H, pc.W, p, detail_first, sizeof(T), true,
+                                        pc.max_tokens, 32 * 1024, plan);
+  char what[200];
+  std::snprintf(what, sizeof(what), "patch_tile %s B=%lld C=%lld D=%lld H=%lld W=%lld p=%lld tokens<=%lld%s",
+                type_name<T>(), (long long)pc.B, (long long)pc.C, (long long)pc.D, (long long)pc.H,
+                (long long)pc.W, (long long)p, (long long)pc.max_tokens, detail_first ? " detail_first" : "");
+  check(planned, std::string(what) + ": planned");
+  if (!planned) return;
+  std::vector<T> buf(plan.buffer_elems);
+  bool vec_used = false;
+  with_patch_size(p, [&](auto patch) {
+    constexpr int P = decltype(patch)::value;
+    with_tile_vec<T>(plan, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      vec_used = VEC > 1;
+      for (int64_t tile = 0; tile < plan.tiles; ++tile) {  // gather: latent phase, barrier, rows phase
+        const PatchTile t = patch_tile(tile, plan.args);
+        std::fill(buf.begin(), buf.end(), T(-77.f));
+        for (int tid = 0; tid < kBlock; ++tid)
+          patch_tile_latent_phase<false, P, VEC>(base.data, detail.data, buf.data(), plan.args, t, tid, kBlock);
+        for (int tid = 0; tid < kBlock; ++tid) patch_tile_rows_phase<false, VEC>(A.data, buf.data(), plan.args, t, tid, kBlock);
+      }
+    });
+  });
+  check(same_bits(A.values(), expect), std::string(what) + (vec_used ? " (16-byte)" : " (scalar)") + " gather");
+  Buffer<T> expect_A(expect), d_base(std::vector<T>(base_v.size(), T(-99.f))),
+      d_detail(std::vector<T>(detail_v.size(), T(-99.f)));
+  with_patch_size(p, [&](auto patch) {
+    constexpr int P = decltype(patch)::value;
+    with_tile_vec<T>(plan, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      for (int64_t tile = 0; tile < plan.tiles; ++tile) {  // scatter: rows phase, barrier, latent phase
+        const PatchTile t = patch_tile(tile, plan.args);
+        std::fill(buf.begin(), buf.end(), T(-77.f));
+        for (int tid = 0; tid < kBlock; ++tid) patch_tile_rows_phase<true, VEC>(expect_A.data, buf.data(), plan.args, t, tid, kBlock);
+        for (int tid = 0; tid < kBlock; ++tid)
+          patch_tile_latent_phase<true, P, VEC>(d_base.data, d_detail.data, buf.data(), plan.args, t, tid, kBlock);
+      }
+    });
+  });
+  check(same_bits(d_base.values(), base_v) && same_bits(d_detail.values(), detail_v),
+        std::string(what) + (vec_used ? " (16-byte)" : " (scalar)") + " scatter");
+}
+
+void test_patch_tile() {
+  std::mt19937 rng(3);
+  const std::vector<PatchCase> cases = {
+      {2, 16, 16, 16, 16, 2, 64},   // SD3's channels and patch, one tile per token row
+      {1, 16, 16, 32, 64, 2, 8},    // several tiles per row (the CPU kernel's tile size)
+      {2, 16, 16, 16, 40, 2, 8},    // a partial last tile of a row
+      {3, 32, 96, 4, 8, 1, 64},     // ImageNet's channels, p = 1
+      {1, 2, 4, 9, 9, 3, 64},       // p = 3 (runtime patch size), odd sizes: scalar
+      {2, 1, 2, 8, 12, 4, 2},       // p = 4
+      {1, 16, 16, 8, 56, 2, 64},    // 28 tokens a row
+  };
+  for (const PatchCase& pc : cases)
+    for (bool df : {false, true}) {
+      patch_tile_case<float>(pc, df, rng);
+      patch_tile_case<c10::Half>(pc, df, rng);
+      patch_tile_case<c10::BFloat16>(pc, df, rng);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::printf("usage: %s divmod|concat|project|align|patch_tile\n", argv[0]);
+    return 2;
+  }
+  const std::string section = argv[1];
+  if (section == "divmod") {
+    test_divmod();
+  } else if (section == "concat" || section == "project" || section == "align") {
+    test_elementwise(section.c_str());
+  } else if (section == "patch_tile") {
+    test_patch_tile();
+  } else {
+    std::printf("unknown section %s\n", section.c_str());
+    return 2;
+  }
+  std::printf("%s: %lld checks, %lld failures\n", section.c_str(), (long long)g_checks, (long long)g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
