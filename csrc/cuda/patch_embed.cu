@@ -39,6 +39,7 @@
 #include "gemm_lt.cuh"
 #include "davae_ext/index_math.h"
 #include "davae_ext/patch_tile.h"
+#include "davae_ext/pos_grad.h"
 
 namespace davae::cuda {
 namespace {
@@ -336,34 +337,23 @@ template <bool kScatter, typename I, typename T>
 __global__ void __launch_bounds__(kThreads)
     patch_move_kernel(T* __restrict__ A, T* __restrict__ base, T* __restrict__ detail, I total,
                       I C, I D, I H, I W, I p, bool detail_first) {
-  const I CD = C + D, HW = H * W, Wp = W / p, T_ = (H / p) * Wp, K = CD * p * p;
   for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * blockDim.x) {
-    const I q = e / HW;  // b * CD + ch
-    const I yx = e - q * HW;
-    const I b = q / CD;
-    const I ch = q - b * CD;
-    const I y = yx / W, x = yx - (yx / W) * W;
-    const ChannelSource src = channel_source<I>(ch, C, D, detail_first);
-    const I src_ch = static_cast<I>(src.channel);
-    T* plane = src.is_base ? base + (b * C + src_ch) * HW : detail + (b * D + src_ch) * HW;
-    const I m = b * T_ + (y / p) * Wp + x / p;
-    const I k = ch * p * p + (y % p) * p + (x % p);
+    const PatchElement<I> pe = patch_element<I>(e, C, D, H, W, p, detail_first);
+    T* latent = (pe.is_base ? base : detail) + pe.source;
     if constexpr (kScatter) {
-      plane[yx] = A[m * K + k];
+      *latent = A[pe.a];
     } else {
-      A[m * K + k] = plane[yx];
+      A[pe.a] = *latent;
     }
   }
 }
 
-// d_pos / d_bias pass: a block (32 x 8 threads) owns 32 * VEC hidden columns and `rows` token
-// rows. Each thread sums dOut over the batch for its rows (VEC columns at once), writes d_pos,
-// and keeps the column sum; the 8 row groups are then added in a fixed order into
-// partial[blockIdx.y, n]. bias_grad_kernel adds the partials in index order: deterministic.
-// `rows` (a multiple of kPosGroups, at most kMaxPosRows) comes from pos_rows(): fewer rows per
-// block when T is short, so the pass still spreads over the GPU.
+// d_pos / d_bias pass (pos_grad.h): a block (32 x kPosGroups threads) owns 32 * VEC hidden
+// columns and `rows` token rows; the column sums of its kPosGroups row groups are added in a fixed
+// order into partial[blockIdx.y, n]. bias_grad_kernel adds the partials in index order:
+// deterministic. `rows` (a multiple of kPosGroups, at most kMaxPosRows) comes from pos_rows():
+// fewer rows per block when T is short, so the pass still spreads over the GPU.
 constexpr int kMaxPosRows = 64;
-constexpr int kPosGroups = 8;
 constexpr int64_t kMinPosBlocks = 256;
 
 // Token rows per block of the d_pos / d_bias pass: the most (up to kMaxPosRows) that still gives
@@ -382,37 +372,10 @@ template <int VEC, typename T>
 __global__ void __launch_bounds__(32 * kPosGroups)
     pos_grad_kernel(const T* __restrict__ grad, T* __restrict__ d_pos, float* __restrict__ partial,
                     int64_t B, int64_t T_, int64_t N, int rows) {
-  using V = Vec<T, VEC>;
   __shared__ float red[kPosGroups][32 * VEC];
   const int64_t n = (int64_t(blockIdx.x) * 32 + threadIdx.x) * VEC;
-  const int64_t t0 = int64_t(blockIdx.y) * rows;
   float col[VEC];
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) col[j] = 0.f;
-  if (n < N) {  // N % VEC == 0 when VEC > 1
-#pragma unroll 4
-    for (int r = threadIdx.y; r < rows; r += kPosGroups) {
-      const int64_t t = t0 + r;
-      if (t >= T_) break;
-      float v[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = 0.f;
-#pragma unroll 4  // independent loads in flight; the adds stay in batch order
-      for (int64_t b = 0; b < B; ++b) {
-        const V g = *reinterpret_cast<const V*>(grad + (b * T_ + t) * N + n);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] += to_float(g.v[j]);
-      }
-      if (d_pos != nullptr) {
-        V o;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(v[j]);
-        *reinterpret_cast<V*>(d_pos + t * N + n) = o;
-      }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) col[j] += v[j];
-    }
-  }
+  pos_grad_thread<VEC>(grad, d_pos, B, T_, N, n, int64_t(blockIdx.y) * rows, rows, threadIdx.y, col);
   if (partial == nullptr) return;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) red[threadIdx.y][threadIdx.x * VEC + j] = col[j];

@@ -1,11 +1,12 @@
 // The CUDA kernels' per-item code (csrc/include/davae_ext/*.h), run on the CPU.
 //
-//   kernel_items SECTION     SECTION: divmod | concat | project | align | patch_tile
+//   kernel_items SECTION   SECTION: divmod | concat | project | align | patch_tile | patch_element | pos_grad
 //
 // Each section runs the functions a CUDA thread runs, for every index of the launch, and compares
 // the result with a direct computation written here; patch_tile runs each tile as a block of 256
 // threads would (thread t takes work items t, t + 256, ...), which is not how the CPU kernel runs
-// it (one thread, items in order). Prints one line per failure and a summary; exit status 1 on any
+// it (one thread, items in order); pos_grad runs every thread of every block of the d_pos / d_bias
+// pass and the kernel's fixed-order combination of their column sums. Prints one line per failure and a summary; exit status 1 on any
 // failure. tests/test_kernel_items.py compiles and runs it.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -23,6 +24,7 @@
 #include "davae_ext/index_math.h"
 #include "davae_ext/patch_tile.h"
 #include "davae_ext/plane_vectors.h"
+#include "davae_ext/pos_grad.h"
 #include "davae_ext/vec.h"
 
 using namespace davae;
@@ -283,13 +285,12 @@ struct PatchCase {
   int64_t B, C, D, H, W, p, max_tokens;
 };
 
+// The direct im2col of the concatenated latent: A[m, k], k = ch * p^2 + py * p + px.
 template <typename T>
-void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
+std::vector<T> direct_im2col(const PatchCase& pc, const std::vector<T>& base_v, const std::vector<T>& detail_v,
+                             bool detail_first) {
   const int64_t HW = pc.H * pc.W, p = pc.p, Hp = pc.H / p, Wp = pc.W / p, CD = pc.C + pc.D, K = CD * p * p;
-  const int64_t M = pc.B * Hp * Wp;
-  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
-  // The direct im2col of the concatenated latent: A[m, k], k = ch * p^2 + py * p + px.
-  std::vector<T> expect(M * K);
+  std::vector<T> expect(pc.B * Hp * Wp * K);
   for (int64_t b = 0; b < pc.B; ++b)
     for (int64_t ty = 0; ty < Hp; ++ty)
       for (int64_t tx = 0; tx < Wp; ++tx)
@@ -302,15 +303,28 @@ void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) 
               expect[((b * Hp + ty) * Wp + tx) * K + (ch * p + py) * p + px] =
                   from_base ? base_v[(b * pc.C + c) * HW + yx] : detail_v[(b * pc.D + c) * HW + yx];
             }
+  return expect;
+}
+
+std::string patch_label(const char* kind, const char* dtype, const PatchCase& pc, bool detail_first) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "%s %s B=%lld C=%lld D=%lld H=%lld W=%lld p=%lld tokens<=%lld%s", kind, dtype,
+                (long long)pc.B, (long long)pc.C, (long long)pc.D, (long long)pc.H, (long long)pc.W, (long long)pc.p,
+                (long long)pc.max_tokens, detail_first ? " detail_first" : "");
+  return what;
+}
+
+template <typename T>
+void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
+  const int64_t HW = pc.H * pc.W, p = pc.p;
+  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
+  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
   Buffer<T> base(base_v), detail(detail_v), A(std::vector<T>(expect.size(), T(-99.f)));
   PatchTilePlan plan{};
   const bool planned = plan_patch_tiles(pc.B, pc.C, pc.D, pc.H, pc.W, p, detail_first, sizeof(T), true,
                                         pc.max_tokens, 32 * 1024, plan);
-  char what[200];
-  std::snprintf(what, sizeof(what), "patch_tile %s B=%lld C=%lld D=%lld H=%lld W=%lld p=%lld tokens<=%lld%s",
-                type_name<T>(), (long long)pc.B, (long long)pc.C, (long long)pc.D, (long long)pc.H,
-                (long long)pc.W, (long long)p, (long long)pc.max_tokens, detail_first ? " detail_first" : "");
-  check(planned, std::string(what) + ": planned");
+  const std::string what = patch_label("patch_tile", type_name<T>(), pc, detail_first);
+  check(planned, what + ": planned");
   if (!planned) return;
   std::vector<T> buf(plan.buffer_elems);
   bool vec_used = false;
@@ -328,7 +342,7 @@ void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) 
       }
     });
   });
-  check(same_bits(A.values(), expect), std::string(what) + (vec_used ? " (16-byte)" : " (scalar)") + " gather");
+  check(same_bits(A.values(), expect), what + (vec_used ? " (16-byte)" : " (scalar)") + " gather");
   Buffer<T> expect_A(expect), d_base(std::vector<T>(base_v.size(), T(-99.f))),
       d_detail(std::vector<T>(detail_v.size(), T(-99.f)));
   with_patch_size(p, [&](auto patch) {
@@ -345,12 +359,10 @@ void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) 
     });
   });
   check(same_bits(d_base.values(), base_v) && same_bits(d_detail.values(), detail_v),
-        std::string(what) + (vec_used ? " (16-byte)" : " (scalar)") + " scatter");
+        what + (vec_used ? " (16-byte)" : " (scalar)") + " scatter");
 }
 
-void test_patch_tile() {
-  std::mt19937 rng(3);
-  const std::vector<PatchCase> cases = {
+const std::vector<PatchCase> kPatchCases = {
       {2, 16, 16, 16, 16, 2, 64},   // SD3's channels and patch, one tile per token row
       {1, 16, 16, 32, 64, 2, 8},    // several tiles per row (the CPU kernel's tile size)
       {2, 16, 16, 16, 40, 2, 8},    // a partial last tile of a row
@@ -358,8 +370,11 @@ void test_patch_tile() {
       {1, 2, 4, 9, 9, 3, 64},       // p = 3 (runtime patch size), odd sizes: scalar
       {2, 1, 2, 8, 12, 4, 2},       // p = 4
       {1, 16, 16, 8, 56, 2, 64},    // 28 tokens a row
-  };
-  for (const PatchCase& pc : cases)
+};
+
+void test_patch_tile() {
+  std::mt19937 rng(3);
+  for (const PatchCase& pc : kPatchCases)
     for (bool df : {false, true}) {
       patch_tile_case<float>(pc, df, rng);
       patch_tile_case<c10::Half>(pc, df, rng);
@@ -367,11 +382,109 @@ void test_patch_tile() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// index_math.h: patch_element, the per-element fallback of the CUDA patch move (int and int64_t).
+template <typename T, typename I>
+void patch_element_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
+  const int64_t HW = pc.H * pc.W;
+  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
+  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
+  const std::string what = patch_label("patch_element", type_name<T>(), pc, detail_first) +
+                           (sizeof(I) == 4 ? " int" : " int64");
+  const I total = static_cast<I>(pc.B * (pc.C + pc.D) * HW);
+  std::vector<T> A(expect.size(), T(-99.f)), d_base(base_v.size(), T(-99.f)), d_detail(detail_v.size(), T(-99.f));
+  for (I e = 0; e < total; ++e) {
+    const PatchElement<I> pe = patch_element<I>(e, I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(pc.p), detail_first);
+    A[pe.a] = (pe.is_base ? base_v : detail_v)[pe.source];
+  }
+  check(same_bits(A, expect), what + " gather");
+  for (I e = 0; e < total; ++e) {
+    const PatchElement<I> pe = patch_element<I>(e, I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(pc.p), detail_first);
+    (pe.is_base ? d_base : d_detail)[pe.source] = expect[pe.a];
+  }
+  check(same_bits(d_base, base_v) && same_bits(d_detail, detail_v), what + " scatter");
+}
+
+void test_patch_element() {
+  std::mt19937 rng(4);
+  for (const PatchCase& pc : kPatchCases)
+    for (bool df : {false, true}) {
+      patch_element_case<float, int>(pc, df, rng);
+      patch_element_case<c10::BFloat16, int64_t>(pc, df, rng);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pos_grad.h: every thread of every block of the d_pos / d_bias pass, then the kernel's
+// combination (row groups in order into per-chunk partials, partials in chunk order into d_bias).
+// The values are multiples of 1/8 and the sums small, so every float sum is exact in any order:
+// a missed or doubled row shows, and the expected values are exact.
+template <int VEC, typename T>
+void pos_grad_case(int64_t B, int64_t T_, int64_t N, int rows, bool with_pos, std::mt19937& rng) {
+  const auto grad_v = random_values<T>(B * T_ * N, rng);
+  Buffer<T> grad(grad_v), d_pos(std::vector<T>(T_ * N, T(-99.f)));
+  const int64_t column_blocks = (N + 32 * VEC - 1) / (32 * VEC), chunks = (T_ + rows - 1) / rows;
+  std::vector<float> partial(chunks * N, -99.f), red(kPosGroups * 32 * VEC);
+  for (int64_t cy = 0; cy < chunks; ++cy)
+    for (int64_t cx = 0; cx < column_blocks; ++cx) {
+      for (int y = 0; y < kPosGroups; ++y)
+        for (int x = 0; x < 32; ++x) {
+          float col[VEC];
+          pos_grad_thread<VEC>(grad.data, with_pos ? d_pos.data : nullptr, B, T_, N, (cx * 32 + x) * VEC, cy * rows,
+                               rows, y, col);
+          for (int j = 0; j < VEC; ++j) red[(y * 32 + x) * VEC + j] = col[j];
+        }
+      for (int x = 0; x < 32; ++x) {
+        const int64_t n = (cx * 32 + x) * VEC;
+        if (n >= N) continue;
+        for (int j = 0; j < VEC; ++j) {
+          float sum = 0.f;
+          for (int y = 0; y < kPosGroups; ++y) sum += red[(y * 32 + x) * VEC + j];
+          partial[cy * N + n + j] = sum;
+        }
+      }
+    }
+  std::vector<T> d_bias(N), expect_bias(N), expect_pos(T_ * N);
+  for (int64_t n = 0; n < N; ++n) {
+    float v = 0.f;
+    for (int64_t c = 0; c < chunks; ++c) v += partial[c * N + n];
+    d_bias[n] = static_cast<T>(v);
+    double total = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      double pos = 0;
+      for (int64_t b = 0; b < B; ++b) pos += static_cast<float>(grad_v[(b * T_ + t) * N + n]);
+      expect_pos[t * N + n] = static_cast<T>(static_cast<float>(pos));
+      total += pos;
+    }
+    expect_bias[n] = static_cast<T>(static_cast<float>(total));
+  }
+  char what[160];
+  std::snprintf(what, sizeof(what), "pos_grad %s VEC=%d B=%lld T=%lld N=%lld rows=%d%s", type_name<T>(), VEC,
+                (long long)B, (long long)T_, (long long)N, rows, with_pos ? "" : " (no d_pos)");
+  check(same_bits(d_bias, expect_bias), std::string(what) + " d_bias");
+  if (with_pos) check(same_bits(d_pos.values(), expect_pos), std::string(what) + " d_pos");
+}
+
+void test_pos_grad() {
+  std::mt19937 rng(5);
+  struct Case { int64_t B, T, N; int rows; };
+  for (const Case& c : {Case{4, 37, 48, 8}, Case{3, 64, 96, 16}, Case{2, 130, 40, 64}, Case{1, 9, 264, 8},
+                        Case{5, 256, 72, 8}, Case{4, 100, 8, 32}}) {
+    for (bool with_pos : {true, false}) {
+      pos_grad_case<1, float>(c.B, c.T, c.N, c.rows, with_pos, rng);
+      pos_grad_case<4, float>(c.B, c.T, c.N, c.rows, with_pos, rng);
+      pos_grad_case<1, c10::BFloat16>(c.B, c.T, c.N, c.rows, with_pos, rng);
+      if (c.N % 8 == 0) pos_grad_case<8, c10::BFloat16>(c.B, c.T, c.N, c.rows, with_pos, rng);
+      if (c.N % 8 == 0) pos_grad_case<8, c10::Half>(c.B, c.T, c.N, c.rows, with_pos, rng);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::printf("usage: %s divmod|concat|project|align|patch_tile\n", argv[0]);
+    std::printf("usage: %s divmod|concat|project|align|patch_tile|patch_element|pos_grad\n", argv[0]);
     return 2;
   }
   const std::string section = argv[1];
@@ -381,6 +494,10 @@ int main(int argc, char** argv) {
     test_elementwise(section.c_str());
   } else if (section == "patch_tile") {
     test_patch_tile();
+  } else if (section == "patch_element") {
+    test_patch_element();
+  } else if (section == "pos_grad") {
+    test_pos_grad();
   } else {
     std::printf("unknown section %s\n", section.c_str());
     return 2;

@@ -66,6 +66,29 @@ DAVAE_HD PatchColumn<I> patch_column(I k, I p) {
   return PatchColumn<I>{ch, py, rem - py * p};
 }
 
+// Element e of the latent pair, numbered in the concatenated latent's order (b, ch, y, x): its
+// offset in its own tensor (base or detail) and in the patch matrix A [M, K]. The CUDA patch
+// move's per-element fallback (the tile kernel of patch_tile.h is the main path).
+template <typename I>
+struct PatchElement {
+  bool is_base;
+  I source, a;
+};
+
+template <typename I>
+DAVAE_HD PatchElement<I> patch_element(I e, I C, I D, I H, I W, I p, bool detail_first) {
+  const I CD = C + D, HW = H * W, Wp = W / p, T = (H / p) * Wp, K = CD * p * p;
+  const I q = e / HW;  // b * CD + ch
+  const I yx = e - q * HW;
+  const I b = q / CD;
+  const I ch = q - b * CD;
+  const I y = yx / W, x = yx - y * W;
+  const ChannelSource src = channel_source<I>(ch, C, D, detail_first);
+  const I plane = b * (src.is_base ? C : D) + static_cast<I>(src.channel);
+  const I m = b * T + (y / p) * Wp + x / p;
+  return PatchElement<I>{src.is_base, plane * HW + yx, m * K + ch * p * p + (y % p) * p + (x % p)};
+}
+
 // Reductions of the alignment loss, numbered like at::Reduction.
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
