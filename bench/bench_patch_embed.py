@@ -17,11 +17,13 @@ from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direc
 #   fused_element_move: DAVAE_PATCH_TILE_MOVE=0, the per-element gather / scatter kernel instead of
 #                the shared-memory tile kernel (patch_tile.h) around the GEMMs;
 # and one with a path switched on that is off by default:
-#   fused_pos_chunked: DAVAE_PATCH_EMBED_POS_CHUNK=4 MiB, the forward's GEMM per chunk of tokens whose
-#                positional-embedding slice stays in L2 for every batch entry (chunks only at 2048 px).
+#   fused_pos_chunked, fused_pos_chunked_8mib: DAVAE_PATCH_EMBED_POS_CHUNK=4 or 8 MiB, the forward's
+#                GEMM per chunk of tokens whose positional-embedding slice stays in L2 for every batch
+#                entry (chunks only at 2048 px: 4 of 1024 tokens, or 2 of 2048 with fewer partial waves).
+POS_CHUNK_BYTES = {"fused_pos_chunked": 4 << 20, "fused_pos_chunked_8mib": 8 << 20}
 ENV_PROVIDERS = {"fused_tiled": {"DAVAE_PATCH_EMBED_LT": "0"},
                  "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"},
-                 "fused_pos_chunked": {"DAVAE_PATCH_EMBED_POS_CHUNK": str(4 << 20)}}
+                 **{name: {"DAVAE_PATCH_EMBED_POS_CHUNK": str(b)} for name, b in POS_CHUNK_BYTES.items()}}
 PROVIDERS = ["fused", *ENV_PROVIDERS, "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
@@ -96,8 +98,9 @@ def bench_patch_embed(benchmark, case, direction, provider):
     if provider in ENV_PROVIDERS:
         if device != "cuda":
             pytest.skip(f"{provider} switches off one of the CUDA op's paths")
-        if provider == "fused_pos_chunked" and (direction == "bwd" or s.T * s.hidden * 2 <= 4 << 20):
-            pytest.skip("the positional chunks are the forward's, and need pos over 4 MiB")
+        chunk = POS_CHUNK_BYTES.get(provider)
+        if chunk and (direction != "fwd" or s.T * s.hidden * 2 <= chunk):
+            pytest.skip(f"the positional chunks are the forward's, and need pos over {chunk >> 20} MiB")
         with env_vars(ENV_PROVIDERS[provider]):
             time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
         return
