@@ -111,10 +111,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const T* detail_b = detail;
   int token_off = 0;
   if (m_ok) {
-    const TokenCoord<int64_t> tc = token_coord<int64_t>(m, P.T, P.Wp);
-    base_b = base + tc.b * P.C * HW;
-    detail_b = detail + tc.b * P.D * HW;
-    token_off = static_cast<int>(tc.ty * p * W + tc.tx * p);
+    const TokenSource<int64_t> ts = patch_token_source<int64_t>(m, P.T, P.Wp, P.W, P.p);
+    base_b = base + ts.b * P.C * HW;
+    detail_b = detail + ts.b * P.D * HW;
+    token_off = static_cast<int>(ts.offset);
   }
 
   // Column k of A: its offset inside one latent of the batch (times 2) plus 1 for detail. For
@@ -122,9 +122,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   // shared-memory broadcast instead of the index arithmetic.
   __shared__ int col_table[kMaxTableK];
   auto column_entry = [&](int k) {
-    const PatchColumn<int> pc = patch_column<int>(k, p);
-    const ChannelSource src = channel_source<int>(pc.ch, C, D, P.detail_first);
-    return ((static_cast<int>(src.channel) * HW + pc.py * W + pc.px) << 1) | (src.is_base ? 0 : 1);
+    const ColumnSource<int> cs = patch_column_source<int>(k, C, D, static_cast<int>(P.H), W, p, P.detail_first);
+    return (cs.offset << 1) | (cs.is_base ? 0 : 1);
   };
   const bool use_table = P.K <= kMaxTableK;
   if (use_table) {

@@ -1,13 +1,14 @@
 // The CUDA kernels' per-item code (csrc/include/davae_ext/*.h), run on the CPU.
 //
-//   kernel_items SECTION   SECTION: divmod | concat | project | align | patch_tile | patch_element | pos_grad
+//   kernel_items SECTION
+//   SECTION: divmod | concat | project | align | patch_tile | patch_columns | patch_element | pos_grad
 //
 // Each section runs the functions a CUDA thread runs, for every index of the launch, and compares
 // the result with a direct computation written here; patch_tile runs each tile as a block of 256
 // threads would (thread t takes work items t, t + 256, ...), which is not how the CPU kernel runs
 // it (one thread, items in order); pos_grad runs every thread of every block of the d_pos / d_bias
-// pass and the kernel's fixed-order combination of their column sums. Prints one line per failure and a summary; exit status 1 on any
-// failure. tests/test_kernel_items.py compiles and runs it.
+// pass and the kernel's fixed-order combination of their column sums. Prints one line per failure
+// and a summary; exit status 1 on any failure. tests/test_kernel_items.py compiles and runs it.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -414,6 +415,35 @@ void test_patch_element() {
     }
 }
 
+// index_math.h: the tiled forward kernel's gather of A (float32's CUDA forward, and the 16-bit
+// fallback), element (m, k) = column part + token part.
+template <typename T, typename I>
+void patch_columns_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
+  const int64_t HW = pc.H * pc.W, p = pc.p, Wp = pc.W / p, T_ = (pc.H / p) * Wp, K = (pc.C + pc.D) * p * p;
+  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
+  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
+  std::vector<T> A(expect.size(), T(-99.f));
+  for (int64_t m = 0; m < pc.B * T_; ++m) {
+    const TokenSource<I> ts = patch_token_source<I>(I(m), I(T_), I(Wp), I(pc.W), I(p));
+    for (int64_t k = 0; k < K; ++k) {
+      const ColumnSource<I> cs = patch_column_source<I>(I(k), I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(p), detail_first);
+      const int64_t entry = static_cast<int64_t>(ts.b) * (cs.is_base ? pc.C : pc.D) * HW + cs.offset + ts.offset;
+      A[m * K + k] = (cs.is_base ? base_v : detail_v)[entry];
+    }
+  }
+  check(same_bits(A, expect), patch_label("patch_columns", type_name<T>(), pc, detail_first) +
+                                  (sizeof(I) == 4 ? " int" : " int64"));
+}
+
+void test_patch_columns() {
+  std::mt19937 rng(6);
+  for (const PatchCase& pc : kPatchCases)
+    for (bool df : {false, true}) {
+      patch_columns_case<float, int>(pc, df, rng);
+      patch_columns_case<c10::Half, int64_t>(pc, df, rng);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // pos_grad.h: every thread of every block of the d_pos / d_bias pass, then the kernel's
 // combination (row groups in order into per-chunk partials, partials in chunk order into d_bias).
@@ -484,7 +514,7 @@ void test_pos_grad() {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::printf("usage: %s divmod|concat|project|align|patch_tile|patch_element|pos_grad\n", argv[0]);
+    std::printf("usage: %s divmod|concat|project|align|patch_tile|patch_columns|patch_element|pos_grad\n", argv[0]);
     return 2;
   }
   const std::string section = argv[1];
@@ -494,6 +524,8 @@ int main(int argc, char** argv) {
     test_elementwise(section.c_str());
   } else if (section == "patch_tile") {
     test_patch_tile();
+  } else if (section == "patch_columns") {
+    test_patch_columns();
   } else if (section == "patch_element") {
     test_patch_element();
   } else if (section == "pos_grad") {

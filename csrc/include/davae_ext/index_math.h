@@ -66,6 +66,33 @@ DAVAE_HD PatchColumn<I> patch_column(I k, I p) {
   return PatchColumn<I>{ch, py, rem - py * p};
 }
 
+// Element (m, k) of the patch matrix A, split the way the tiled forward kernel gathers it (a block
+// computes the column part once per column, a thread the token part once per token): it is
+// element column.offset + token.offset of batch entry token.b of base (column.is_base) or detail.
+template <typename I>
+struct ColumnSource {
+  bool is_base;
+  I offset;  // channel * H * W + py * W + px, in base or detail
+};
+
+template <typename I>
+DAVAE_HD ColumnSource<I> patch_column_source(I k, I C, I D, I H, I W, I p, bool detail_first) {
+  const PatchColumn<I> pc = patch_column<I>(k, p);
+  const ChannelSource src = channel_source<I>(pc.ch, C, D, detail_first);
+  return ColumnSource<I>{src.is_base, static_cast<I>(src.channel) * H * W + pc.py * W + pc.px};
+}
+
+template <typename I>
+struct TokenSource {
+  I b, offset;  // offset: (ty * p) * W + tx * p, the patch's top-left inside a plane
+};
+
+template <typename I>
+DAVAE_HD TokenSource<I> patch_token_source(I m, I T, I Wp, I W, I p) {
+  const TokenCoord<I> tc = token_coord<I>(m, T, Wp);
+  return TokenSource<I>{tc.b, tc.ty * p * W + tc.tx * p};
+}
+
 // Element e of the latent pair, numbered in the concatenated latent's order (b, ch, y, x): its
 // offset in its own tensor (base or detail) and in the patch matrix A [M, K]. The CUDA patch
 // move's per-element fallback (the tile kernel of patch_tile.h is the main path).
