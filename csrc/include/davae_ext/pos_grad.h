@@ -24,10 +24,10 @@ DAVAE_HD void pos_grad_thread(const T* grad, T* d_pos, int64_t B, int64_t T_, in
 #pragma unroll
   for (int j = 0; j < VEC; ++j) col[j] = 0.f;
   if (n >= N) return;  // N % VEC == 0 when VEC > 1
+  const int end = T_ - t0 < rows ? static_cast<int>(T_ - t0) : rows;  // the last chunk may be short
 #pragma unroll 4
-  for (int r = y; r < rows; r += kPosGroups) {
+  for (int r = y; r < end; r += kPosGroups) {
     const int64_t t = t0 + r;
-    if (t >= T_) break;
     float v[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) v[j] = 0.f;
