@@ -50,7 +50,7 @@ def kernel_items(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("section", SECTIONS)
-def test_cuda_kernel_items_on_cpu(kernel_items, section):
+def test_kernel_items_on_cpu(kernel_items, section):
     done = subprocess.run([str(kernel_items), section], capture_output=True, text=True, timeout=300)
     sys.stdout.write(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
