@@ -143,3 +143,12 @@ def quick_pipeline(tiny_cache):
     from davae_ext import tiny
 
     return tiny.build_tiny_sd35(quick=True, progress=False)
+
+
+def require_cuda_memory(gib: int):
+    """Skip unless the CUDA kernels are built and the GPU has `gib` GiB free (the 64-bit index paths)."""
+    if not CUDA:
+        pytest.skip("needs a GPU and the CUDA kernels")
+    free, _ = torch.cuda.mem_get_info()
+    if free < gib << 30:
+        pytest.skip(f"needs {gib} GiB of free GPU memory, {free / 2**30:.1f} GiB free")

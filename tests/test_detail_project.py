@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, DEVICES, check_against_reference, device_dtype_id, make, require_ext
+from conftest import (DEVICE_DTYPES, DEVICES, check_against_reference, device_dtype_id, make, require_cuda_memory,
+                      require_ext)
 
 SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
 
@@ -40,3 +41,15 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.davae_ext.detail_project.default, (detail, 4))
     grad = torch.randn(2, 4, 3, 5, device=device)
     torch.library.opcheck(torch.ops.davae_ext.detail_project_backward.default, (grad, 12))
+
+
+def test_cuda_past_2_31_vectors():
+    """The 64-bit divider path of the projection (divmod.h): an odd 46341 x 46341 plane, one base
+    and one detail channel (r = 1: Proj is the identity, exactly), 2^31 + 4633 vectors of one element."""
+    require_ext()
+    require_cuda_memory(20)
+    detail = torch.randn(1, 1, 46341, 46341, device="cuda", dtype=torch.bfloat16)
+    out = ops.detail_project(detail, 1)
+    assert out.numel() >= 2**31 and torch.equal(out, detail)
+    d_detail = torch.ops.davae_ext.detail_project_backward(out, 1)
+    assert torch.equal(d_detail, detail)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, DEVICES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
+from conftest import (DEVICE_DTYPES, DEVICES, ORDERS, check_against_reference, device_dtype_id, make, require_cuda_memory,
+                      require_ext)
 
 SHAPES = [  # (B, C, D, H, W)
     (1, 16, 16, 6, 6),
@@ -58,3 +59,18 @@ def test_opcheck(device):
             torch.library.opcheck(torch.ops.davae_ext.latent_concat.default, (base, detail, order))
     grad = torch.randn(2, 16, 3, 5, device=device)
     torch.library.opcheck(torch.ops.davae_ext.latent_concat_backward.default, (grad, 4, True))
+
+
+def test_cuda_past_2_31_vectors():
+    """Past 2^31 vector indices the CUDA kernels switch from FastDivmod to 64-bit division
+    (divmod.h). An odd plane (H x W = 32767 x 32771) makes every vector one element, so base and
+    detail of one channel each give 2^31 + 131066 elements (4.3 GB in bfloat16)."""
+    require_ext()
+    require_cuda_memory(20)
+    base = torch.randn(1, 1, 32767, 32771, device="cuda", dtype=torch.bfloat16)
+    detail = torch.randn_like(base)
+    out = ops.latent_concat(base, detail, "base_first")
+    assert out.numel() >= 2**31
+    assert torch.equal(out[:, :1], base) and torch.equal(out[:, 1:], detail)
+    d_base, d_detail = torch.ops.davae_ext.latent_concat_backward(out, 1, False)
+    assert torch.equal(d_base, base) and torch.equal(d_detail, detail)
