@@ -66,8 +66,15 @@ def _latent(op: str, name: str, t, layout: str) -> torch.Tensor:
     return t
 
 
+def _autocast_unifies(t: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Under torch.autocast for their device, the ops whose inputs must share a dtype cast them to
+    one first (csrc/autocast.cpp), as the eager ops they replace do."""
+    return t.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(t.device.type) and \
+        t.is_floating_point() and ref.is_floating_point()
+
+
 def same_dtype_device(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if t.dtype != ref.dtype:
+    if t.dtype != ref.dtype and not _autocast_unifies(t, ref):
         raise TypeError(f"{op}: '{name}' must have dtype {ref.dtype} (same as '{ref_name}'), got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{op}: '{name}' must be on device {ref.device} (same as '{ref_name}'), got {t.device}")

@@ -52,4 +52,6 @@ def detail_patch_embed(
     _validate.patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size)
     x = latent_concat(base, detail, order)
     tokens = F.conv2d(x, weight, bias, stride=patch_size).flatten(2).transpose(1, 2)
-    return tokens if pos_embed is None else tokens + pos_embed
+    # .to(tokens.dtype): under torch.autocast the conv gives the autocast dtype and the sum stays in
+    # it, as in diffusers' PatchEmbed (a no-op otherwise: every input has one dtype).
+    return tokens if pos_embed is None else (tokens + pos_embed).to(tokens.dtype)

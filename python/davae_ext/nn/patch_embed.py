@@ -20,6 +20,15 @@ def _sincos_pos_embed(embed_dim: int, grid_size, base_size: int, interpolation_s
     )
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the fused op computes in for input t: torch.autocast's when it is on for t's
+    device (the op casts to it, csrc/autocast.cpp, as Conv2d would), else t's own."""
+    device = t.device.type
+    if device in ("cpu", "cuda") and t.dtype != torch.float64 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return t.dtype
+
+
 class DetailPatchEmbed(nn.Module):
     """Patch embedding of a base + detail latent, a drop-in for diffusers' ``PatchEmbed``.
 
@@ -203,7 +212,9 @@ class DetailPatchEmbed(nn.Module):
         bias = self.proj.bias
         if self.fused:
             dtype = base.dtype
-            pos = self._pos_for(height, width, base.device, dtype)
+            # Under autocast the op computes in the autocast dtype: the cached table in that dtype
+            # saves the op a cast of T x N values per call (the weight's cast it caches itself).
+            pos = self._pos_for(height, width, base.device, _compute_dtype(base))
             return ops.detail_patch_embed(
                 base, detail, self.proj.weight.to(dtype), None if bias is None else bias.to(dtype), pos,
                 self.patch_size, self.order,
