@@ -93,9 +93,11 @@ def check_sd3_pipeline(path: str) -> None:
                          f"is {tcls or 'missing'!r} (expected a StableDiffusion3Pipeline with an SD3Transformer2DModel)")
 
 
-def default_davae(model: str, quick: bool, progress: bool) -> str:
+def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no") -> str:
     """A DA-VAE on ``model``'s VAE, trained on first use by train_vae.py and cached under a key of
-    the model folder and its VAE's config and weights (another model never reuses it)."""
+    the model folder and its VAE's config and weights (another model never reuses it).
+    train_vae.py runs in this process, whose accelerate state is already set: it trains with the
+    same ``mixed_precision`` (accelerate refuses a second, different one), which is part of the key."""
     import importlib.util
 
     from davae_ext._cache import atomic_dir, cache_root, is_complete
@@ -103,7 +105,8 @@ def default_davae(model: str, quick: bool, progress: bool) -> str:
     h = hashlib.sha256(str(Path(model).resolve()).encode())
     for f in sorted((Path(model) / "vae").glob("*")):
         h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}{'-quick' if quick else ''}-{h.hexdigest()[:12]}"
+    precision = "" if mixed_precision == "no" else f"-{mixed_precision}"
+    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}{'-quick' if quick else ''}{precision}-{h.hexdigest()[:12]}"
     if is_complete(folder):
         return str(folder / "davae")
     spec = importlib.util.spec_from_file_location("train_vae", Path(__file__).with_name("train_vae.py"))
@@ -112,8 +115,8 @@ def default_davae(model: str, quick: bool, progress: bool) -> str:
     recipe = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
              ["--steps", "300"]  # train_vae.py's defaults otherwise
     with atomic_dir(folder) as tmp:
-        train_vae.main(["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused"]
-                       + ([] if progress else ["--no-progress"]))
+        train_vae.main(["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused",
+                        "--mixed-precision", mixed_precision] + ([] if progress else ["--no-progress"]))
     return str(folder / "davae")
 
 
@@ -202,7 +205,7 @@ def main(argv=None) -> dict:
     check_sd3_pipeline(args.model)
     if args.davae is None:
         with accelerator.main_process_first():
-            args.davae = default_davae(args.model, args.quick_default, progress)
+            args.davae = default_davae(args.model, args.quick_default, progress, args.mixed_precision)
     if not (Path(args.davae) / "config.json").is_file():
         raise ValueError(f"--davae {args.davae!r} is not a DA-VAE folder (no config.json); train one with train/train_vae.py")
     davae = DAVAE.from_pretrained(args.davae).to(accelerator.device).eval()
