@@ -113,6 +113,7 @@ def test_fused_module_under_autocast_matches_the_conv_module(autocast):
     """A float32 DetailPatchEmbed under autocast: fused and unfused (two Conv2d) give the autocast
     dtype, like diffusers' PatchEmbed, and agree to its rounding."""
     require_ext()
+    pytest.importorskip("diffusers")  # the module's sincos table
     device, dtype = autocast
     fused = dnn.DetailPatchEmbed(height=16, width=16, patch_size=2, base_channels=4, detail_channels=8,
                                  embed_dim=32, pos_embed_max_size=16).to(device)
