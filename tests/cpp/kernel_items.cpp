@@ -373,14 +373,20 @@ const std::vector<PatchCase> kPatchCases = {
       {1, 16, 16, 8, 56, 2, 64},    // 28 tokens a row
 };
 
+// f(case, detail_first) for every patch case in both channel orders.
+template <typename F>
+void for_patch_cases(F f) {
+  for (const PatchCase& pc : kPatchCases)
+    for (bool detail_first : {false, true}) f(pc, detail_first);
+}
+
 void test_patch_tile() {
   std::mt19937 rng(3);
-  for (const PatchCase& pc : kPatchCases)
-    for (bool df : {false, true}) {
-      patch_tile_case<float>(pc, df, rng);
-      patch_tile_case<c10::Half>(pc, df, rng);
-      patch_tile_case<c10::BFloat16>(pc, df, rng);
-    }
+  for_patch_cases([&](const PatchCase& pc, bool df) {
+    patch_tile_case<float>(pc, df, rng);
+    patch_tile_case<c10::Half>(pc, df, rng);
+    patch_tile_case<c10::BFloat16>(pc, df, rng);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,11 +414,10 @@ void patch_element_case(const PatchCase& pc, bool detail_first, std::mt19937& rn
 
 void test_patch_element() {
   std::mt19937 rng(4);
-  for (const PatchCase& pc : kPatchCases)
-    for (bool df : {false, true}) {
-      patch_element_case<float, int>(pc, df, rng);
-      patch_element_case<c10::BFloat16, int64_t>(pc, df, rng);
-    }
+  for_patch_cases([&](const PatchCase& pc, bool df) {
+    patch_element_case<float, int>(pc, df, rng);
+    patch_element_case<c10::BFloat16, int64_t>(pc, df, rng);
+  });
 }
 
 // index_math.h: the tiled forward kernel's gather of A (float32's CUDA forward, and the 16-bit
@@ -437,11 +442,10 @@ void patch_columns_case(const PatchCase& pc, bool detail_first, std::mt19937& rn
 
 void test_patch_columns() {
   std::mt19937 rng(6);
-  for (const PatchCase& pc : kPatchCases)
-    for (bool df : {false, true}) {
-      patch_columns_case<float, int>(pc, df, rng);
-      patch_columns_case<c10::Half, int64_t>(pc, df, rng);
-    }
+  for_patch_cases([&](const PatchCase& pc, bool df) {
+    patch_columns_case<float, int>(pc, df, rng);
+    patch_columns_case<c10::Half, int64_t>(pc, df, rng);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
