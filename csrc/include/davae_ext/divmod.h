@@ -2,7 +2,7 @@
 // 32-bit `/` by a runtime value compiles to about 20 instructions around a float reciprocal, a
 // 64-bit one to a branch and a call. The elementwise kernels decompose every vector index into
 // (batch, channel, position) with two such divisions, so they use FastDivmod when the indices
-// fit, and Divmod64 (plain division) beyond.
+// fit, and Divmod64 (plain division) beyond (cuda/plane_launch.cuh picks).
 //
 // FastDivmod is the round-up method of Granlund & Montgomery, "Division by invariant integers
 // using multiplication" (PLDI 1994): with s = ceil(log2 d) and m = floor(2^32 (2^s - d) / d) + 1,
@@ -59,16 +59,5 @@ struct Divmod64 {
     r = x - q * d;
   }
 };
-
-// f(FastDivmod{}) when every index below `extent` fits FastDivmod, else f(Divmod64{}): the caller
-// instantiates its kernel for the divider type it is given.
-template <typename F>
-void with_divmod(int64_t extent, F f) {
-  if (extent < FastDivmod::kLimit) {
-    f(FastDivmod{});
-  } else {
-    f(Divmod64{});
-  }
-}
 
 }  // namespace davae

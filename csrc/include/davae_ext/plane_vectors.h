@@ -32,7 +32,7 @@ struct PlaneVectors {
 };
 
 // The vectors of a [B, channels, H, W] tensor, VEC elements each (HW % VEC == 0). Div must hold
-// B * channels * HW / VEC (with_divmod picks it).
+// B * channels * HW / VEC (cuda/plane_launch.cuh picks it).
 template <typename Div>
 PlaneVectors<Div> plane_vectors(int64_t B, int64_t channels, int64_t HW, int vec) {
   return PlaneVectors<Div>{Div(HW / vec), Div(channels),
