@@ -66,11 +66,17 @@ def _latent(op: str, name: str, t, layout: str) -> torch.Tensor:
     return t
 
 
+def autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
+    """torch.autocast's dtype when it is on for t's device (CPU and CUDA, where the ops have
+    autocast rules, csrc/autocast.cpp), else None."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if device in ("cpu", "cuda") and torch.is_autocast_enabled(device) else None
+
+
 def _autocast_unifies(t: torch.Tensor, ref: torch.Tensor) -> bool:
     """Under torch.autocast for their device, the ops whose inputs must share a dtype cast them to
     one first (csrc/autocast.cpp), as the eager ops they replace do."""
-    return t.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(t.device.type) and \
-        t.is_floating_point() and ref.is_floating_point()
+    return autocast_dtype(t) is not None and t.is_floating_point() and ref.is_floating_point()
 
 
 def same_dtype_device(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:

@@ -307,6 +307,16 @@ std::vector<T> direct_im2col(const PatchCase& pc, const std::vector<T>& base_v, 
   return expect;
 }
 
+// Random base and detail latents of a patch case and their direct im2col.
+template <typename T>
+struct PatchData {
+  std::vector<T> base, detail, A;
+  PatchData(const PatchCase& pc, bool detail_first, std::mt19937& rng)
+      : base(random_values<T>(pc.B * pc.C * pc.H * pc.W, rng)),
+        detail(random_values<T>(pc.B * pc.D * pc.H * pc.W, rng)),
+        A(direct_im2col(pc, base, detail, detail_first)) {}
+};
+
 std::string patch_label(const char* kind, const char* dtype, const PatchCase& pc, bool detail_first) {
   char what[200];
   std::snprintf(what, sizeof(what), "%s %s B=%lld C=%lld D=%lld H=%lld W=%lld p=%lld tokens<=%lld%s", kind, dtype,
@@ -317,9 +327,11 @@ std::string patch_label(const char* kind, const char* dtype, const PatchCase& pc
 
 template <typename T>
 void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
-  const int64_t HW = pc.H * pc.W, p = pc.p;
-  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
-  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
+  const int64_t p = pc.p;
+  const PatchData<T> data(pc, detail_first, rng);
+  const std::vector<T>& base_v = data.base;
+  const std::vector<T>& detail_v = data.detail;
+  const std::vector<T>& expect = data.A;
   Buffer<T> base(base_v), detail(detail_v), A(std::vector<T>(expect.size(), T(-99.f)));
   PatchTilePlan plan{};
   const bool planned = plan_patch_tiles(pc.B, pc.C, pc.D, pc.H, pc.W, p, detail_first, sizeof(T), true,
@@ -394,8 +406,10 @@ void test_patch_tile() {
 template <typename T, typename I>
 void patch_element_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
   const int64_t HW = pc.H * pc.W;
-  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
-  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
+  const PatchData<T> data(pc, detail_first, rng);
+  const std::vector<T>& base_v = data.base;
+  const std::vector<T>& detail_v = data.detail;
+  const std::vector<T>& expect = data.A;
   const std::string what = patch_label("patch_element", type_name<T>(), pc, detail_first) +
                            (sizeof(I) == 4 ? " int" : " int64");
   const I total = static_cast<I>(pc.B * (pc.C + pc.D) * HW);
@@ -425,8 +439,10 @@ void test_patch_element() {
 template <typename T, typename I>
 void patch_columns_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
   const int64_t HW = pc.H * pc.W, p = pc.p, Wp = pc.W / p, T_ = (pc.H / p) * Wp, K = (pc.C + pc.D) * p * p;
-  const auto base_v = random_values<T>(pc.B * pc.C * HW, rng), detail_v = random_values<T>(pc.B * pc.D * HW, rng);
-  const std::vector<T> expect = direct_im2col(pc, base_v, detail_v, detail_first);
+  const PatchData<T> data(pc, detail_first, rng);
+  const std::vector<T>& base_v = data.base;
+  const std::vector<T>& detail_v = data.detail;
+  const std::vector<T>& expect = data.A;
   std::vector<T> A(expect.size(), T(-99.f));
   for (int64_t m = 0; m < pc.B * T_; ++m) {
     const TokenSource<I> ts = patch_token_source<I>(I(m), I(T_), I(Wp), I(pc.W), I(p));

@@ -91,6 +91,13 @@ DAVAE_HD void group_mean(const T* detail, I q, I within, I per_plane, I r, float
   for (int k = 0; k < VEC; ++k) acc[k] /= rf;
 }
 
+// The backward of group_mean's gather: v into vector `within` of each of the r detail planes of
+// base plane q's group.
+template <int VEC, typename T, typename I>
+DAVAE_HD void store_to_group(T* d_detail, I q, I within, I per_plane, I r, const Vec<T, VEC>& v) {
+  for (I j = 0; j < r; ++j) store_vec<VEC>(d_detail + vector_offset<VEC>(group_plane(q, j, r), within, per_plane), v);
+}
+
 // detail_project forward: vector i of Proj(detail) [B, C, H, W]. g: the output's vectors.
 template <int VEC, typename T, typename Div>
 DAVAE_HD void project_vector(const T* detail, T* out, const PlaneVectors<Div>& g, typename Div::index_t r,
@@ -119,20 +126,26 @@ DAVAE_HD void project_backward_vector(const T* grad, T* d_detail, const PlaneVec
   Vec<T, VEC> o;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) o.v[k] = static_cast<T>(static_cast<float>(gv.v[k]) * inv_r);
-  for (I j = 0; j < r; ++j) store_vec<VEC>(d_detail + vector_offset<VEC>(group_plane(q, j, r), within, static_cast<I>(g.per_plane.d)), o);
+  store_to_group<VEC>(d_detail, q, within, static_cast<I>(g.per_plane.d), r, o);
 }
 
-// detail_align_loss: diff = Proj(detail) - base at vector i of base [B, C, H, W], in float.
+// detail_align_loss: diff = Proj(detail) - base at vector i of base [B, C, H, W], which is vector
+// `within` of plane q, in float.
+template <int VEC, typename T, typename I>
+DAVAE_HD void align_diff_at(const T* detail, const T* base, I q, I within, I per_plane, I r, I i, float (&diff)[VEC]) {
+  group_mean<VEC>(detail, q, within, per_plane, r, diff);
+  const Vec<T, VEC> z = load_vec<VEC>(base + static_cast<int64_t>(i) * VEC);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) diff[k] -= static_cast<float>(z.v[k]);
+}
+
 template <int VEC, typename T, typename Div>
 DAVAE_HD void align_diff(const T* detail, const T* base, const PlaneVectors<Div>& g, typename Div::index_t r,
                          typename Div::index_t i, float (&diff)[VEC]) {
   using I = typename Div::index_t;
   I q, within;
   g.plane_of(i, q, within);
-  group_mean<VEC>(detail, q, within, static_cast<I>(g.per_plane.d), r, diff);
-  const Vec<T, VEC> z = load_vec<VEC>(base + static_cast<int64_t>(i) * VEC);
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) diff[k] -= static_cast<float>(z.v[k]);
+  align_diff_at<VEC>(detail, base, q, within, static_cast<I>(g.per_plane.d), r, i, diff);
 }
 
 // detail_align_loss backward at vector i: with d = scale * grad * diff (scale = 2, or 2 / n for
@@ -143,8 +156,11 @@ DAVAE_HD void align_loss_backward_vector(const T* grad, float g0, float scale, c
                                          T* d_detail, T* d_base, const PlaneVectors<Div>& g,
                                          typename Div::index_t r, typename Div::index_t i) {
   using I = typename Div::index_t;
+  const I per_plane = static_cast<I>(g.per_plane.d);
+  I q, within;
+  g.plane_of(i, q, within);
   float diff[VEC];
-  align_diff<VEC>(detail, base, g, r, i, diff);
+  align_diff_at<VEC>(detail, base, q, within, per_plane, r, i, diff);
   float gk[VEC];
   if (grad != nullptr) {
     const Vec<T, VEC> gv = load_vec<VEC>(grad + static_cast<int64_t>(i) * VEC);
@@ -163,9 +179,7 @@ DAVAE_HD void align_loss_backward_vector(const T* grad, float g0, float scale, c
     dd.v[k] = static_cast<T>(d_proj * inv_r);
   }
   store_vec<VEC>(d_base + static_cast<int64_t>(i) * VEC, db);
-  I q, within;
-  g.plane_of(i, q, within);
-  for (I j = 0; j < r; ++j) store_vec<VEC>(d_detail + vector_offset<VEC>(group_plane(q, j, r), within, static_cast<I>(g.per_plane.d)), dd);
+  store_to_group<VEC>(d_detail, q, within, per_plane, r, dd);
 }
 
 }  // namespace davae

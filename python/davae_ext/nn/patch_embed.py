@@ -22,11 +22,10 @@ def _sincos_pos_embed(embed_dim: int, grid_size, base_size: int, interpolation_s
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype the fused op computes in for input t: torch.autocast's when it is on for t's
-    device (the op casts to it, csrc/autocast.cpp, as Conv2d would), else t's own."""
-    device = t.device.type
-    if device in ("cpu", "cuda") and t.dtype != torch.float64 and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return t.dtype
+    device (the op casts to it, csrc/autocast.cpp, as Conv2d would; float64 it leaves alone),
+    else t's own."""
+    autocast = _validate.autocast_dtype(t)
+    return autocast if autocast is not None and t.dtype != torch.float64 else t.dtype
 
 
 class DetailPatchEmbed(nn.Module):
