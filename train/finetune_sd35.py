@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=None, help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
-    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on --model's VAE by train_vae.py, 300 steps, and cached)")
+    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on --model's VAE by train_vae.py, 300 steps, with --mixed-precision, and cached)")
     a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
     a("--synthetic", type=int, default=0, help="first generate this many training images with the base pipeline (default: 0 = use --data)")
     a("--prompts", default=None, help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--min-snr-gamma", type=float, default=5.0, help="gamma of --loss-mode x0_min_snr (default: 5.0)")
     a("--ema-decay", type=float, default=0.999, help="EMA decay of the trainable weights, used for sampling (default: 0.999)")
     a("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
-    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default: no)")
+    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision, also of the default DA-VAE's training (default: no)")
     a("--gradient-checkpointing", action="store_true", help="recompute activations in backward (default: off)")
     a("--fused", action="store_true", help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
     a("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
