@@ -145,6 +145,16 @@ def quick_pipeline(tiny_cache):
     return tiny.build_tiny_sd35(quick=True, progress=False)
 
 
+@pytest.fixture
+def no_tf32():
+    """float32 CUDA matmuls and convolutions without TF32 (cuDNN's convolutions use it by default),
+    so a float32 comparison on CUDA means what it means on the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def require_cuda_memory(gib: int):
     """Skip unless the CUDA kernels are built and the GPU has `gib` GiB free (the 64-bit index paths)."""
     if not CUDA:

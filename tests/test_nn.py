@@ -8,12 +8,12 @@ pytest.importorskip("diffusers")
 from diffusers.models.embeddings import PatchEmbed  # noqa: E402
 
 from davae_ext.nn import DetailAlignLoss, DetailPatchEmbed, DetailProjection, DetailProjOut, LatentConcat  # noqa: E402
-from conftest import ORDERS  # noqa: E402
+from conftest import DEVICES, ORDERS  # noqa: E402
 
 
 def _grads(module_fn, inputs, params):
     out = module_fn(*inputs)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.dtype)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
     return out, torch.autograd.grad(out, [*inputs, *params], g)
 
 
@@ -66,11 +66,12 @@ def test_patch_embed_other_inits_use_the_detail(init):
         assert torch.equal(module.proj.weight[:, 16:], pretrained.proj.weight)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_patch_embed_fused_equals_plain_with_gradients(dtype):
-    module = DetailPatchEmbed.from_patch_embed(_pretrained_patch_embed(), 16, init="random").to(dtype)
-    base = torch.randn(2, 16, 8, 12, dtype=dtype, requires_grad=True)
-    detail = torch.randn(2, 16, 8, 12, dtype=dtype, requires_grad=True)
+def test_patch_embed_fused_equals_plain_with_gradients(dtype, device, no_tf32):
+    module = DetailPatchEmbed.from_patch_embed(_pretrained_patch_embed(), 16, init="random").to(device, dtype)
+    base = torch.randn(2, 16, 8, 12, dtype=dtype).to(device).requires_grad_()
+    detail = torch.randn(2, 16, 8, 12, dtype=dtype).to(device).requires_grad_()
     params = [module.proj.weight, module.proj.bias]
     results = {}
     for fused in (True, False):
