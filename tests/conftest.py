@@ -38,7 +38,7 @@ def make(shape, dtype, device, layout="contiguous", seed=None, requires_grad=Fal
         wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], generator=g, dtype=torch.float64)
         t = wide.to(device=device, dtype=dtype)[:, 1::2]
     else:
-        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        t = torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
         if layout == "channels_last" and len(shape) == 4:
             t = t.contiguous(memory_format=torch.channels_last)
     if layout != "contiguous" and t.numel() > 1 and len(shape) == 4:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from davae_ext import ops
-from conftest import CUDA
+from conftest import CUDA, make
 
 pytestmark = pytest.mark.skipif(not CUDA, reason="needs a GPU and the CUDA kernels")
 
@@ -40,17 +40,12 @@ CASES = {
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _random(shape, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64).to("cuda", dtype)
-
-
 def _stepper(case, dtype):
     """Tensors whose values can be replaced in place (the inputs and the output's gradient) and a
     forward + backward on them."""
     fn, grad_names = CASES[case]
-    x = {k: _random(s, dtype, i).requires_grad_(k in grad_names) for i, (k, s) in enumerate(SHAPES.items())}
-    x["grad_out"] = _random(fn(x).shape, dtype, 50)
+    x = {k: make(s, dtype, "cuda", seed=i, requires_grad=k in grad_names) for i, (k, s) in enumerate(SHAPES.items())}
+    x["grad_out"] = make(fn(x).shape, dtype, "cuda", seed=50)
 
     def step():
         out = fn(x)
@@ -79,7 +74,7 @@ def test_cuda_graph_replay_matches_eager(case, dtype, path, monkeypatch):
         captured = step()
     with torch.no_grad():  # new values for every input and for the output's gradient
         for i, t in enumerate(x.values()):
-            t.copy_(_random(t.shape, dtype, 100 + i))
+            t.copy_(make(t.shape, dtype, "cuda", seed=100 + i))
     graph.replay()
     torch.cuda.synchronize()
     expected = step()
