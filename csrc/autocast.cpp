@@ -2,6 +2,7 @@
 // are what davae_ext.reference runs), so under autocast the fused and the reference path compute
 // in the same dtype, and a fused DetailPatchEmbed behaves like the Conv2d it replaces:
 //   detail_patch_embed  a convolution       -> every input cast to the autocast dtype (bf16 / fp16)
+//   patch_embed         a convolution       -> the same
 //   detail_align_loss   mse_loss            -> both inputs cast to float32 (a float32 loss)
 //   latent_concat       cat                 -> both inputs cast to the wider of their dtypes
 //   detail_project      a mean              -> no rule: runs in its input's dtype
@@ -24,7 +25,7 @@ using autograd::op_handle;
 
 template <c10::DeviceType kDevice>
 struct AutocastRules {
-  static at::Tensor patch_embed(const at::Tensor& base, const at::Tensor& detail, const at::Tensor& weight,
+  static at::Tensor detail_patch_embed(const at::Tensor& base, const at::Tensor& detail, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_embed,
                                 int64_t patch_size, bool detail_first) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
@@ -34,6 +35,18 @@ struct AutocastRules {
     const at::ScalarType to = at::autocast::get_lower_precision_fp_from_device_type(kDevice);
     return op.call(cached_cast(to, base, kDevice), cached_cast(to, detail, kDevice), cached_cast(to, weight, kDevice),
                    cached_cast(to, bias, kDevice), cached_cast(to, pos_embed, kDevice), patch_size, detail_first);
+  }
+
+  static at::Tensor patch_embed(const at::Tensor& latent, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& pos_embed, int64_t patch_size) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
+    static const auto op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                             const std::optional<at::Tensor>&, int64_t)>("davae_ext::patch_embed");
+    const at::ScalarType to = at::autocast::get_lower_precision_fp_from_device_type(kDevice);
+    return op.call(cached_cast(to, latent, kDevice), cached_cast(to, weight, kDevice), cached_cast(to, bias, kDevice),
+                   cached_cast(to, pos_embed, kDevice), patch_size);
   }
 
   static at::Tensor align_loss(const at::Tensor& detail, const at::Tensor& base, int64_t reduction) {
@@ -57,7 +70,8 @@ struct AutocastRules {
 
 template <c10::DeviceType kDevice>
 void register_rules(torch::Library& m) {
-  m.impl("detail_patch_embed", &AutocastRules<kDevice>::patch_embed);
+  m.impl("detail_patch_embed", &AutocastRules<kDevice>::detail_patch_embed);
+  m.impl("patch_embed", &AutocastRules<kDevice>::patch_embed);
   m.impl("detail_align_loss", &AutocastRules<kDevice>::align_loss);
   m.impl("latent_concat", &AutocastRules<kDevice>::concat);
 }

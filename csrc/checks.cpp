@@ -28,13 +28,33 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 std::string shape_str(at::IntArrayRef s) { return shape_str(s.vec()); }
 
+// A dtype as Python prints it ("torch.float32"), so these messages read like PyTorch's own.
+std::string dtype_str(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch ScalarType ") + c10::toString(st);
+  }
+}
+
 void check_defined_float(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.defined(), op, ": '", name, "' is an undefined tensor");
   const auto st = t.scalar_type();
   const bool ok = st == at::kFloat || st == at::kHalf || st == at::kBFloat16 ||
                   (st == at::kDouble && t.device().is_cpu());
-  TORCH_CHECK_TYPE(ok, op, ": '", name, "' has unsupported dtype ", st,
-                   "; expected one of Float, Half, BFloat16 (Double on CPU only)");
+  TORCH_CHECK_TYPE(ok, op, ": '", name, "' has unsupported dtype ", dtype_str(st),
+                   "; expected one of torch.float32, torch.float16, torch.bfloat16 (torch.float64 on CPU only)");
 }
 
 // Rank and (partially known) shape; -1 = any size.
@@ -59,7 +79,7 @@ void check_latent(const char* op, const char* name, const at::Tensor& t, const c
 void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                 const at::Tensor& ref) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": '", name, "' must have dtype ",
-                   ref.scalar_type(), " (same as '", ref_name, "'), got ", t.scalar_type());
+                   dtype_str(ref.scalar_type()), " (same as '", ref_name, "'), got ", dtype_str(t.scalar_type()));
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": '", name, "' must be on device ",
                     ref.device(), " (same as '", ref_name, "'), got ", t.device());
 }
@@ -78,18 +98,8 @@ LatentShape check_base_detail(const char* op, const at::Tensor& base, const at::
   return s;
 }
 
-LatentShape check_concat_grad(const at::Tensor& grad, int64_t base_channels) {
-  const char* op = "latent_concat_backward";
-  check_latent(op, "grad", grad, "[B, C + D, H, W]");
-  TORCH_CHECK_VALUE(base_channels > 0 && base_channels < grad.size(1), op,
-                    ": 'base_channels' must be in [1, ", grad.size(1) - 1, "], got ",
-                    base_channels);
-  return LatentShape{grad.size(0), base_channels, grad.size(1) - base_channels, grad.size(2),
-                     grad.size(3)};
-}
-
 static void check_groups(const char* op, int64_t C, int64_t D) {
-  TORCH_CHECK_VALUE(C > 0, op, ": 'base_channels' must be positive, got ", C);
+  TORCH_CHECK_VALUE(C > 0, op, ": 'base_channels' must be a positive int, got ", C);
   TORCH_CHECK_VALUE(D % C == 0, op, ": the detail channel count D=", D,
                     " must be a multiple of the base channel count C=", C,
                     " (Proj averages groups of D/C detail channels)");
@@ -132,16 +142,20 @@ void check_align_grad(const at::Tensor& grad, const LatentShape& s, int64_t redu
   }
 }
 
-PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::Tensor& detail,
-                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& pos_embed, int64_t patch_size) {
-  LatentShape s = check_base_detail(op, base, detail);
+namespace {
+
+// What both patch embeds check past their latents: the patch size divides H and W, the weight is
+// a Conv2d weight over all C + D channels, bias and pos_embed (when given) fit it. `ref` is the
+// tensor whose dtype and device the others must share.
+PatchShape check_patch_params(const char* op, const LatentShape& s, const at::Tensor& ref, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_embed,
+                              int64_t patch_size, const char* ref_name) {
   const int64_t p = patch_size;
-  TORCH_CHECK_VALUE(p > 0, op, ": 'patch_size' must be positive, got ", p);
+  TORCH_CHECK_VALUE(p > 0, op, ": 'patch_size' must be a positive int, got ", p);
   TORCH_CHECK_VALUE(s.H % p == 0 && s.W % p == 0, op, ": the latent height and width (", s.H,
                     ", ", s.W, ") must be multiples of 'patch_size'=", p);
   check_defined_float(op, "weight", weight);
-  check_same(op, "weight", weight, "base", base);
+  check_same(op, "weight", weight, ref_name, ref);
   TORCH_CHECK_VALUE(weight.dim() == 4, op,
                     ": 'weight' must be a 4-D Conv2d weight [hidden, C + D, p, p], got shape ",
                     shape_str(weight.sizes()));
@@ -150,26 +164,57 @@ PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::T
   PatchShape ps{s.B, s.C, s.D, s.H, s.W, p, N};
   if (bias.has_value() && bias->defined()) {
     check_defined_float(op, "bias", *bias);
-    check_same(op, "bias", *bias, "base", base);
+    check_same(op, "bias", *bias, ref_name, ref);
     check_shape(op, "bias", *bias, {N}, " (hidden size of 'weight')");
   }
   if (pos_embed.has_value() && pos_embed->defined()) {
     check_defined_float(op, "pos_embed", *pos_embed);
-    check_same(op, "pos_embed", *pos_embed, "base", base);
+    check_same(op, "pos_embed", *pos_embed, ref_name, ref);
     check_shape(op, "pos_embed", *pos_embed, {1, ps.T(), N}, " ([1, tokens, hidden])");
   }
   return ps;
+}
+
+void check_patch_grad(const char* op, const at::Tensor& grad, const PatchShape& s, const at::Tensor& ref,
+                      const char* ref_name) {
+  check_defined_float(op, "grad", grad);
+  check_same(op, "grad", grad, ref_name, ref);
+  check_shape(op, "grad", grad, {s.B, s.T(), s.N}, " ([B, tokens, hidden])");
+}
+
+}  // namespace
+
+PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::Tensor& detail,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& pos_embed, int64_t patch_size) {
+  return check_patch_params(op, check_base_detail(op, base, detail), base, weight, bias, pos_embed, patch_size,
+                            "base");
 }
 
 PatchShape check_patch_embed_backward(const at::Tensor& grad, const at::Tensor& base,
                                       const at::Tensor& detail, const at::Tensor& weight,
                                       int64_t patch_size) {
   const char* op = "detail_patch_embed_backward";
-  const PatchShape s =
-      check_patch_embed(op, base, detail, weight, std::nullopt, std::nullopt, patch_size);
-  check_defined_float(op, "grad", grad);
-  check_same(op, "grad", grad, "base", base);
-  check_shape(op, "grad", grad, {s.B, s.T(), s.N}, " ([B, tokens, hidden])");
+  const PatchShape s = check_patch_embed(op, base, detail, weight, std::nullopt, std::nullopt, patch_size);
+  check_patch_grad(op, grad, s, base, "base");
+  return s;
+}
+
+PatchShape check_latent_patch_embed(const char* op, const at::Tensor& latent, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& pos_embed, int64_t patch_size) {
+  check_latent(op, "latent", latent, "[B, C, H, W]");
+  const LatentShape s{latent.size(0), latent.size(1), 0, latent.size(2), latent.size(3)};
+  TORCH_CHECK_VALUE(s.C > 0, op, ": 'latent' must have at least one channel, got shape ",
+                    shape_str(latent.sizes()));
+  return check_patch_params(op, s, latent, weight, bias, pos_embed, patch_size, "latent");
+}
+
+PatchShape check_latent_patch_embed_backward(const at::Tensor& grad, const at::Tensor& latent,
+                                             const at::Tensor& weight, int64_t patch_size) {
+  const char* op = "patch_embed_backward";
+  const PatchShape s = check_latent_patch_embed(op, latent, weight, std::nullopt, std::nullopt, patch_size);
+  check_patch_grad(op, grad, s, latent, "latent");
   return s;
 }
 

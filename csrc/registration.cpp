@@ -3,16 +3,15 @@
 // Each op is a dispatcher op: CPU kernels register in csrc/cpu/<op>.cpp and CUDA kernels in
 // csrc/cuda/<op>.cu with TORCH_LIBRARY_IMPL, autograd in csrc/autograd/<op>.cpp. The shape-only
 // fake kernels (register_fake) live on the Python side, in python/davae_ext/_library/, so the
-// ops work under torch.compile and torch.export. Backward kernels are ops of their own.
+// ops work under torch.compile and torch.export. Backward kernels are ops of their own, but for
+// latent_concat, whose gradients are views of the output's (as torch.cat's are). Every latent is
+// read in place through its strides when its H x W planes are contiguous (include/davae_ext/planes.h).
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(davae_ext, m) {
   // [B, C, H, W] + [B, D, H, W] -> [B, C + D, H, W] (detail_first: detail channels first).
   m.def("latent_concat(Tensor base, Tensor detail, bool detail_first=False) -> Tensor");
-  // Splits the gradient into fresh (non-view) d_base, d_detail.
-  m.def("latent_concat_backward(Tensor grad, int base_channels, bool detail_first=False)"
-        " -> (Tensor, Tensor)");
 
   // Eq. 4: [B, D, H, W] -> [B, C, H, W], channel c = mean of detail channels [c*r, (c+1)*r).
   m.def("detail_project(Tensor detail, int base_channels) -> Tensor");
@@ -32,6 +31,15 @@ TORCH_LIBRARY(davae_ext, m) {
   m.def("detail_patch_embed_backward(Tensor grad, Tensor base, Tensor detail, Tensor weight,"
         " int patch_size, bool detail_first, bool[4] output_mask)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The same of one latent [B, C, H, W] (base and detail concatenated already, as the SD3
+  // transformer's pos_embed(latent) gets it): conv2d(latent, weight [N, C, p, p], bias, stride=p)
+  // .flatten(2).transpose(1, 2) + pos_embed. Its backward writes d_latent as one tensor.
+  m.def("patch_embed(Tensor latent, Tensor weight, Tensor? bias, Tensor? pos_embed, int patch_size)"
+        " -> Tensor");
+  // output_mask = (latent, weight, bias, pos_embed). Returns (d_latent, d_weight, d_bias, d_pos_embed).
+  m.def("patch_embed_backward(Tensor grad, Tensor latent, Tensor weight, int patch_size, bool[4] output_mask)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The module itself carries only build facts; tensors never pass through pybind11.

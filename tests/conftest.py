@@ -30,20 +30,46 @@ def device_dtype_id(param):
     return f"{device}-{str(dtype).replace('torch.', '')}"
 
 
+# Layouts of a latent the ops read in place (their H x W planes are contiguous), and one they copy.
+IN_PLACE_LAYOUTS = ["contiguous", "strided", "batch_strided"]
+LAYOUTS = IN_PLACE_LAYOUTS + ["channels_last"]
+
+
 def make(shape, dtype, device, layout="contiguous", seed=None, requires_grad=False):
-    """Random tensor of `shape`; layout "strided" slices every other channel of a wider tensor,
-    "channels_last" permutes the memory order (4-D only)."""
+    """Random tensor of `shape`; 4-D layouts: "strided" slices every other channel of a wider
+    tensor, "batch_strided" every other batch entry of a longer one (both views whose planes are
+    contiguous), "channels_last" permutes the memory order."""
     g = torch.Generator().manual_seed(seed if seed is not None else hash(tuple(shape)) % 2**31)
     if layout == "strided" and len(shape) == 4:
         wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], generator=g, dtype=torch.float64)
         t = wide.to(device=device, dtype=dtype)[:, 1::2]
+    elif layout == "batch_strided" and len(shape) == 4:
+        long = torch.randn(2 * shape[0], *shape[1:], generator=g, dtype=torch.float64)
+        t = long.to(device=device, dtype=dtype)[1::2]
     else:
         t = torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
         if layout == "channels_last" and len(shape) == 4:
             t = t.contiguous(memory_format=torch.channels_last)
-    if layout != "contiguous" and t.numel() > 1 and len(shape) == 4:
+    if layout in ("strided", "channels_last") and t.numel() > 1 and len(shape) == 4:
         assert not t.is_contiguous() or layout == "channels_last"
     return t.requires_grad_(requires_grad)
+
+
+PAIR_LAYOUTS = LAYOUTS + ["slices"]
+
+
+def latent_pair(B, C, D, H, W, dtype, device, layout, order="base_first", seed=0, requires_grad=False):
+    """(base [B, C, H, W], detail [B, D, H, W]) in `layout`: one of LAYOUTS for each, or "slices",
+    the two channel ranges of one [B, C + D, H, W] latent in `order` (latent[:, :C] and
+    latent[:, C:], what DetailPatchEmbed's callers hold). Leaves when requires_grad."""
+    if layout != "slices":
+        return (make((B, C, H, W), dtype, device, layout, seed=seed, requires_grad=requires_grad),
+                make((B, D, H, W), dtype, device, layout, seed=seed + 1, requires_grad=requires_grad))
+    latent = make((B, C + D, H, W), dtype, device, seed=seed)
+    first = D if order == "detail_first" else C
+    parts = latent[:, :first], latent[:, first:]
+    base, detail = parts[::-1] if order == "detail_first" else parts
+    return base.detach().requires_grad_(requires_grad), detail.detach().requires_grad_(requires_grad)
 
 
 def to64(t):
@@ -82,7 +108,8 @@ def run_both(fn_fused, fn_ref, inputs, grad_seed=0):
     under one shared random output gradient."""
     results = {}
     for name, fn, cast in (
-        ("fused", fn_fused, lambda t: t.detach().clone().requires_grad_(t.requires_grad)),
+        # The fused op gets the inputs as they are (a clone of a non-dense view would be contiguous).
+        ("fused", fn_fused, lambda t: t.detach().requires_grad_(t.requires_grad)),
         ("ref", fn_ref, lambda t: t.detach().clone().requires_grad_(t.requires_grad)),
         ("ref64", fn_ref, lambda t: to64(t).requires_grad_(t.requires_grad)),
     ):

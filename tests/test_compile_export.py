@@ -8,7 +8,7 @@ from conftest import CUDA, require_ext
 
 
 class AllOps(torch.nn.Module):
-    """A small module using the four ops the way DA-VAE training does."""
+    """A small module using the five ops the way DA-VAE training does."""
 
     def __init__(self, C=4, D=12, p=2, hidden=16, T=6):
         super().__init__()
@@ -20,9 +20,10 @@ class AllOps(torch.nn.Module):
     def forward(self, base, detail):
         tokens = ops.detail_patch_embed(base, detail, self.weight, self.bias, self.pos, self.p, "detail_first")
         latent = ops.latent_concat(base, detail)
+        latent_tokens = ops.patch_embed(latent, self.weight, self.bias, self.pos, self.p)
         proj = ops.detail_project(detail, self.C)
         loss = ops.detail_align_loss(detail, base.detach())
-        return tokens.square().mean() + latent.mean() + proj.mean() + loss
+        return tokens.square().mean() + latent_tokens.square().mean() + latent.mean() + proj.mean() + loss
 
 
 def _inputs(device="cpu"):
@@ -63,6 +64,7 @@ def test_export_roundtrip():
     exported = torch.export.export(model, (base, detail))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert any("davae_ext.detail_patch_embed" in t for t in targets), targets
+    assert any("davae_ext.patch_embed" in t for t in targets), targets
     torch.testing.assert_close(exported.module()(base, detail), model(base, detail))
 
 

@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from davae_ext import ops, reference
-from conftest import (DEVICE_DTYPES, DEVICES, check_against_reference, device_dtype_id, make, require_cuda_memory,
-                      require_ext)
+from conftest import (DEVICE_DTYPES, DEVICES, LAYOUTS, check_against_reference, device_dtype_id, make,
+                      require_cuda_memory, require_ext)
 
 SHAPES = [(1, 16, 16, 6, 6), (3, 4, 12, 2, 2), (0, 16, 16, 6, 6), (3, 32, 96, 34, 66), (1, 16, 16, 66, 34)]
 
 
 @pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_matches_reference(device_dtype, shape, layout):
     require_ext()
     device, dtype = device_dtype
@@ -27,10 +27,21 @@ def test_contiguous_groups():
     assert out[0, :, 0, 0].tolist() == [1.0, 4.0]  # mean(0,1,2), mean(3,4,5)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "batch_strided"])
+def test_gradcheck(layout):
     require_ext()
-    detail = torch.randn(2, 12, 3, 5, dtype=torch.float64, requires_grad=True)
+    detail = make((2, 12, 3, 5), torch.float64, "cpu", layout, requires_grad=True)
     assert torch.autograd.gradcheck(lambda d: ops.detail_project(d, 4), (detail,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["strided", "batch_strided", "channels_last"])
+def test_backward_reads_strided_gradient(device, layout):
+    """The backward op reads the output gradient through its strides too."""
+    require_ext()
+    grad = make((2, 4, 3, 8), torch.float32, device, layout)
+    expected = grad.repeat_interleave(3, dim=1) / 3
+    torch.testing.assert_close(torch.ops.davae_ext.detail_project_backward(grad, 12), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,11 +3,11 @@
 The elementwise CUDA kernels (latent_concat, detail_project, detail_align_loss) are grid-stride
 loops around functions of the vector index in csrc/include/davae_ext/plane_vectors.h, and their
 index divisions go through divmod.h; the patch embed's gather / scatter runs patch_tile.h's phases
-with 256 threads a block (index_math.h's patch_element in its per-element fallback), the tiled
-forward kernel (float32's CUDA forward) gathers A through index_math.h's patch_column_source and
-patch_token_source, and the backward's d_pos / d_bias pass runs pos_grad.h per thread. tests/cpp/kernel_items.cpp runs exactly those functions on the CPU, the
-tiles as a 256-thread block distributes them, against direct computations. This is how those
-kernels are tested on a machine without a GPU (the CUDA op tests cover the launches on one).
+with 256 threads a block, and the backward's d_pos / d_bias pass runs pos_grad.h per thread.
+tests/cpp/kernel_items.cpp runs exactly those functions on the CPU, the tiles as a 256-thread block
+distributes them, against direct computations, with the latents contiguous and as strided views of
+one latent (planes.h). This is how those kernels are tested on a machine without a GPU (the CUDA
+op tests cover the launches on one).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "cpp" / "kernel_items.cpp"
-SECTIONS = ["divmod", "concat", "project", "align", "patch_tile", "patch_columns", "patch_element",
-            "pos_grad"]
+SECTIONS = ["divmod", "concat", "project", "align", "patch_tile", "pos_grad"]
 
 
 def _compiler() -> str | None:

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from davae_ext import ops, reference
-from conftest import DEVICE_DTYPES, DEVICES, ORDERS, check_against_reference, device_dtype_id, make, require_ext
+from conftest import (DEVICE_DTYPES, DEVICES, LAYOUTS, ORDERS, PAIR_LAYOUTS, check_against_reference, device_dtype_id,
+                      latent_pair, make, require_ext)
 
 SHAPES = [  # (B, C, D, H, W, p, hidden)
     (1, 16, 16, 6, 6, 2, 64),
@@ -25,11 +26,10 @@ SHAPES = [  # (B, C, D, H, W, p, hidden)
 EPILOGUES = ["bias+pos", "none", "bias", "pos"]
 
 
-def _inputs(shape, dtype, device, layout, epilogue, requires_grad=True):
+def _inputs(shape, dtype, device, layout, epilogue, requires_grad=True, order="base_first"):
     B, C, D, H, W, p, N = shape
     T = (H // p) * (W // p)
-    base = make((B, C, H, W), dtype, device, layout, seed=6, requires_grad=requires_grad)
-    detail = make((B, D, H, W), dtype, device, layout, seed=7, requires_grad=requires_grad)
+    base, detail = latent_pair(B, C, D, H, W, dtype, device, layout, order, seed=6, requires_grad=requires_grad)
     weight = (make((N, C + D, p, p), dtype, device, seed=8) * (C + D) ** -0.5).requires_grad_(requires_grad)
     bias = make((N,), dtype, device, seed=9, requires_grad=requires_grad) if "bias" in epilogue else None
     pos = make((1, T, N), dtype, device, seed=10, requires_grad=requires_grad) if "pos" in epilogue else None
@@ -44,23 +44,63 @@ def test_matches_reference(device_dtype, shape, epilogue, order):
     require_ext()
     device, dtype = device_dtype
     layout = "strided" if shape[0] == 3 else "contiguous"
-    args = [*_inputs(shape, dtype, device, layout, epilogue), order]
+    args = [*_inputs(shape, dtype, device, layout, epilogue, order=order), order]
     check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
 
 
-@pytest.mark.parametrize("budget", ["1024", "0"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_cuda_forward_in_positional_chunks(monkeypatch, budget, dtype):
-    """The CUDA 16-bit forward runs its GEMM per chunk of tokens whose positional-embedding slice
-    fits DAVAE_PATCH_EMBED_POS_CHUNK bytes (off by default): 1024 bytes give 4 chunks of 7, 7, 7
-    and 6 tokens here (64 hidden, T = 27); 0 gives one GEMM."""
-    if not torch.cuda.is_available():
-        pytest.skip("the chunks are the CUDA forward's")
+# Every layout the ops meet, B = 1 and B > 1, both orders: channel slices of one latent and batch
+# strides are read (and, backward, never copied) in place; channels_last is copied once.
+LAYOUT_SHAPES = [(1, 16, 16, 6, 40, 2, 64), (3, 4, 12, 8, 8, 2, 32), (2, 32, 96, 4, 6, 1, 48)]
+
+
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", PAIR_LAYOUTS)
+@pytest.mark.parametrize("order", ORDERS)
+def test_layouts_match_reference(device_dtype, shape, layout, order):
     require_ext()
-    monkeypatch.setenv("DAVAE_PATCH_EMBED_POS_CHUNK", budget)
-    for epilogue in ("bias+pos", "pos"):
-        args = [*_inputs((3, 16, 16, 6, 18, 2, 64), dtype, "cuda", "contiguous", epilogue), "base_first"]
-        check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
+    device, dtype = device_dtype
+    args = [*_inputs(shape, dtype, device, layout, "bias+pos", order=order), order]
+    check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
+
+
+def _latent_inputs(shape, dtype, device, layout, epilogue, requires_grad=True):
+    """patch_embed's inputs: one latent of C + D channels."""
+    B, C, D, H, W, p, N = shape
+    latent = make((B, C + D, H, W), dtype, device, layout, seed=11, requires_grad=requires_grad)
+    _, _, weight, bias, pos, _ = _inputs(shape, dtype, device, "contiguous", epilogue, requires_grad)
+    return latent, weight, bias, pos, p
+
+
+@pytest.mark.parametrize("device_dtype", DEVICE_DTYPES, ids=device_dtype_id)
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] != 0][::2] + [SHAPES[2]], ids=str)
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_latent_matches_reference(device_dtype, shape, epilogue, layout):
+    """patch_embed: the one-latent entry point (DetailPatchEmbed.forward(latent)'s)."""
+    require_ext()
+    device, dtype = device_dtype
+    args = list(_latent_inputs(shape, dtype, device, layout, epilogue))
+    check_against_reference(ops.patch_embed, reference.patch_embed, args, dtype)
+
+
+def test_latent_equals_pair():
+    """patch_embed(latent) is detail_patch_embed of its two channel ranges, bit for bit."""
+    require_ext()
+    latent, weight, bias, pos, p = _latent_inputs((2, 16, 16, 8, 6, 2, 32), torch.float32, "cpu", "contiguous",
+                                                  "bias+pos", False)
+    pair = ops.detail_patch_embed(latent[:, :16], latent[:, 16:], weight, bias, pos, p)
+    assert torch.equal(ops.patch_embed(latent, weight, bias, pos, p), pair)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA gather's fallback")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_long_patch_rows(dtype):
+    """A patch row over the tile kernel's 32 KB of shared memory (K = 2048 * 4 elements) goes
+    through ATen's strided copy, both ways."""
+    require_ext()
+    args = [*_inputs((2, 1024, 1024, 4, 6, 2, 64), dtype, "cuda", "slices", "bias+pos"), "base_first"]
+    check_against_reference(ops.detail_patch_embed, reference.detail_patch_embed, args, dtype)
 
 
 def test_equals_conv_of_concatenation():
@@ -115,9 +155,10 @@ def test_deterministic_gradients(device, dtype, mask):
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("epilogue", ["bias+pos", "none"])
-def test_gradcheck(order, epilogue):
+@pytest.mark.parametrize("layout", ["contiguous", "slices", "batch_strided"])
+def test_gradcheck(order, epilogue, layout):
     require_ext()
-    args = _inputs((2, 4, 8, 4, 6, 2, 5), torch.float64, "cpu", "contiguous", epilogue)
+    args = _inputs((2, 4, 8, 4, 6, 2, 5), torch.float64, "cpu", layout, epilogue, order=order)
     inputs = tuple(a for a in args[:5] if a is not None)
 
     def fn(*tensors):
@@ -128,6 +169,21 @@ def test_gradcheck(order, epilogue):
         return ops.detail_patch_embed(base, detail, weight, bias, pos, 2, order)
 
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "batch_strided"])
+def test_latent_gradcheck(layout):
+    require_ext()
+    latent, weight, bias, pos, p = _latent_inputs((2, 4, 8, 4, 6, 2, 5), torch.float64, "cpu", layout, "bias+pos")
+    assert torch.autograd.gradcheck(lambda *t: ops.patch_embed(*t, p), (latent, weight, bias, pos))
+
+
+def test_latent_backward_skips_unneeded_gradients():
+    require_ext()
+    latent, weight, bias, pos, p = _latent_inputs((2, 16, 16, 8, 8, 2, 32), torch.float32, "cpu", "contiguous",
+                                                  "bias+pos", False)
+    outs = torch.ops.davae_ext.patch_embed_backward(torch.randn(2, 16, 32), latent, weight, p, [False, True, True, False])
+    assert [tuple(o.shape) for o in outs] == [(0,), tuple(weight.shape), (32,), (0,)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -142,3 +198,10 @@ def test_opcheck(device):
         torch.ops.davae_ext.detail_patch_embed_backward.default,
         (torch.randn(2, 6, 8, device=device), base, detail, weight, 2, False, [True, True, True, True]),
     )
+    for epilogue in ("bias+pos", "none"):
+        for requires_grad in (False, True):
+            latent, weight, bias, pos, p = _latent_inputs((2, 4, 12, 4, 6, 2, 8), torch.float32, device, "contiguous",
+                                                          epilogue, requires_grad)
+            torch.library.opcheck(torch.ops.davae_ext.patch_embed.default, (latent, weight, bias, pos, p))
+    torch.library.opcheck(torch.ops.davae_ext.patch_embed_backward.default,
+                          (torch.randn(2, 6, 8, device=device), latent.detach(), weight.detach(), 2, [True] * 4))

@@ -1,5 +1,7 @@
-// Autograd of detail_patch_embed: one backward op computes exactly the gradients asked for
-// (output_mask), from dOut and the saved base, detail and weight.
+// Autograd of detail_patch_embed and patch_embed: one backward op computes exactly the gradients
+// asked for (output_mask), from dOut and the saved latents and weight. patch_embed's d_latent is
+// one tensor, written once: the SD3 transformer's pos_embed(latent) gets no slice gradients to
+// zero-fill and add.
 #include <torch/library.h>
 
 #include <array>
@@ -12,39 +14,71 @@ namespace davae::autograd {
 namespace {
 
 using Grads5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Grads4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Mask = std::array<bool, 4>;
+using OptTensor = std::optional<at::Tensor>;
 
-struct PatchEmbedBackwardOp {
+struct DetailPatchEmbedBackwardOp {
   static constexpr const char* kName = "detail_patch_embed";
   static variable_list call(const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
-                            const at::Tensor& weight, int64_t patch_size, bool detail_first,
-                            std::array<bool, 4> output_mask) {
+                            const at::Tensor& weight, int64_t patch_size, bool detail_first, Mask output_mask) {
     static const auto op = op_handle<Grads5(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                            const at::Tensor&, int64_t, bool, std::array<bool, 4>)>(
+                                            const at::Tensor&, int64_t, bool, Mask)>(
         "davae_ext::detail_patch_embed_backward");
     auto [d_base, d_detail, d_weight, d_bias, d_pos] =
         op.call(grad, base, detail, weight, patch_size, detail_first, output_mask);
     return {d_base, d_detail, d_weight, d_bias, d_pos};
   }
 };
+using DetailPatchEmbedBackward = BackwardOpFunction<DetailPatchEmbedBackwardOp>;
+
+struct PatchEmbedBackwardOp {
+  static constexpr const char* kName = "patch_embed";
+  static variable_list call(const at::Tensor& grad, const at::Tensor& latent, const at::Tensor& weight,
+                            int64_t patch_size, Mask output_mask) {
+    static const auto op =
+        op_handle<Grads4(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, Mask)>(
+            "davae_ext::patch_embed_backward");
+    auto [d_latent, d_weight, d_bias, d_pos] = op.call(grad, latent, weight, patch_size, output_mask);
+    return {d_latent, d_weight, d_bias, d_pos};
+  }
+};
 using PatchEmbedBackward = BackwardOpFunction<PatchEmbedBackwardOp>;
 
-bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
+// Saves whether bias and pos_embed were given (a None has no autograd edge).
+void save_epilogue(AutogradContext* ctx, const OptTensor& bias, const OptTensor& pos_embed) {
+  ctx->saved_data["has_bias"] = present(bias);
+  ctx->saved_data["has_pos"] = present(pos_embed);
+}
+
+// Which of (weight, bias, pos_embed) need a gradient, for a forward whose weight is tensor input
+// `weight_edge`: needs_input_grad counts tensor inputs only, so a None bias shifts pos_embed's edge.
+struct ParamGrads {
+  bool weight, bias, pos;
+};
+
+ParamGrads param_grads(AutogradContext* ctx, size_t weight_edge) {
+  const bool has_bias = ctx->saved_data["has_bias"].toBool();
+  const bool has_pos = ctx->saved_data["has_pos"].toBool();
+  const size_t pos_edge = has_bias ? weight_edge + 2 : weight_edge + 1;
+  return {ctx->needs_input_grad(weight_edge), has_bias && ctx->needs_input_grad(weight_edge + 1),
+          has_pos && ctx->needs_input_grad(pos_edge)};
+}
+
+class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
  public:
   static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& base, const at::Tensor& detail,
-                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
-                            bool detail_first) {
+                            const at::Tensor& weight, const OptTensor& bias, const OptTensor& pos_embed,
+                            int64_t patch_size, bool detail_first) {
     ctx->save_for_backward({base, detail, weight});
     ctx->saved_data["patch_size"] = patch_size;
     ctx->saved_data["detail_first"] = detail_first;
-    ctx->saved_data["has_bias"] = present(bias);
-    ctx->saved_data["has_pos"] = present(pos_embed);
+    save_epilogue(ctx, bias, pos_embed);
     static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const std::optional<at::Tensor>&,
-                                                const std::optional<at::Tensor>&, int64_t, bool)>(
+                                                const OptTensor&, const OptTensor&, int64_t, bool)>(
         "davae_ext::detail_patch_embed");
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(base, detail, weight, bias, pos_embed, patch_size, detail_first);
@@ -52,43 +86,77 @@ class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const bool has_pos = ctx->saved_data["has_pos"].toBool();
-    // needs_input_grad counts tensor inputs only: a None bias has no edge.
-    const size_t bias_edge = 3, pos_edge = has_bias ? 4 : 3;
     const bool need_base = ctx->needs_input_grad(0), need_detail = ctx->needs_input_grad(1);
-    const std::array<bool, 4> mask{need_base || need_detail, ctx->needs_input_grad(2),
-                                   has_bias && ctx->needs_input_grad(bias_edge),
-                                   has_pos && ctx->needs_input_grad(pos_edge)};
-    const variable_list d = PatchEmbedBackward::apply(grads[0], saved[0], saved[1], saved[2],
-                                                      ctx->saved_data["patch_size"].toInt(),
-                                                      ctx->saved_data["detail_first"].toBool(), mask);
+    const ParamGrads p = param_grads(ctx, 2);
+    const Mask mask{need_base || need_detail, p.weight, p.bias, p.pos};
+    const variable_list d = DetailPatchEmbedBackward::apply(grads[0], saved[0], saved[1], saved[2],
+                                                            ctx->saved_data["patch_size"].toInt(),
+                                                            ctx->saved_data["detail_first"].toBool(), mask);
     return {need_base ? d[0] : at::Tensor(), need_detail ? d[1] : at::Tensor(),
-            mask[1] ? d[2] : at::Tensor(),   mask[2] ? d[3] : at::Tensor(),
-            mask[3] ? d[4] : at::Tensor(),   at::Tensor(),
+            p.weight ? d[2] : at::Tensor(),  p.bias ? d[3] : at::Tensor(),
+            p.pos ? d[4] : at::Tensor(),     at::Tensor(),
             at::Tensor()};
   }
 };
 
-at::Tensor patch_embed_autograd(const at::Tensor& base, const at::Tensor& detail, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_embed,
-                                int64_t patch_size, bool detail_first) {
-  return PatchEmbed::apply(base, detail, weight, bias, pos_embed, patch_size, detail_first);
+class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
+ public:
+  static constexpr bool is_traceable = true;
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& latent, const at::Tensor& weight,
+                            const OptTensor& bias, const OptTensor& pos_embed, int64_t patch_size) {
+    ctx->save_for_backward({latent, weight});
+    ctx->saved_data["patch_size"] = patch_size;
+    save_epilogue(ctx, bias, pos_embed);
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                                const OptTensor&, int64_t)>("davae_ext::patch_embed");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(latent, weight, bias, pos_embed, patch_size);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool need_latent = ctx->needs_input_grad(0);
+    const ParamGrads p = param_grads(ctx, 1);
+    const variable_list d = PatchEmbedBackward::apply(grads[0], saved[0], saved[1],
+                                                      ctx->saved_data["patch_size"].toInt(),
+                                                      Mask{need_latent, p.weight, p.bias, p.pos});
+    return {need_latent ? d[0] : at::Tensor(), p.weight ? d[1] : at::Tensor(), p.bias ? d[2] : at::Tensor(),
+            p.pos ? d[3] : at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor detail_patch_embed_autograd(const at::Tensor& base, const at::Tensor& detail, const at::Tensor& weight,
+                                       const OptTensor& bias, const OptTensor& pos_embed, int64_t patch_size,
+                                       bool detail_first) {
+  return DetailPatchEmbed::apply(base, detail, weight, bias, pos_embed, patch_size, detail_first);
 }
 
-Grads5 patch_embed_backward_autograd(const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
-                                     const at::Tensor& weight, int64_t patch_size, bool detail_first,
-                                     std::array<bool, 4> output_mask) {
+Grads5 detail_patch_embed_backward_autograd(const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
+                                            const at::Tensor& weight, int64_t patch_size, bool detail_first,
+                                            Mask output_mask) {
   const variable_list d =
-      PatchEmbedBackward::apply(grad, base, detail, weight, patch_size, detail_first, output_mask);
+      DetailPatchEmbedBackward::apply(grad, base, detail, weight, patch_size, detail_first, output_mask);
   return {d[0], d[1], d[2], d[3], d[4]};
+}
+
+at::Tensor patch_embed_autograd(const at::Tensor& latent, const at::Tensor& weight, const OptTensor& bias,
+                                const OptTensor& pos_embed, int64_t patch_size) {
+  return PatchEmbed::apply(latent, weight, bias, pos_embed, patch_size);
+}
+
+Grads4 patch_embed_backward_autograd(const at::Tensor& grad, const at::Tensor& latent, const at::Tensor& weight,
+                                     int64_t patch_size, Mask output_mask) {
+  const variable_list d = PatchEmbedBackward::apply(grad, latent, weight, patch_size, output_mask);
+  return {d[0], d[1], d[2], d[3]};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(davae_ext, Autograd, m) {
-  m.impl("detail_patch_embed", &patch_embed_autograd);
-  m.impl("detail_patch_embed_backward", &patch_embed_backward_autograd);
+  m.impl("detail_patch_embed", &detail_patch_embed_autograd);
+  m.impl("detail_patch_embed_backward", &detail_patch_embed_backward_autograd);
+  m.impl("patch_embed", &patch_embed_autograd);
+  m.impl("patch_embed_backward", &patch_embed_backward_autograd);
 }
 
 }  // namespace davae::autograd

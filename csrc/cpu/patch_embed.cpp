@@ -1,12 +1,13 @@
-// detail_patch_embed on CPU.
+// detail_patch_embed and patch_embed on CPU (the ops around these: patch_embed_ops.h).
 //
 // Forward: one parallel pass over tiles of tokens packs each token's patch row [K = (C+D) p^2]
-// straight from base and detail (the concatenated latent never exists; the CUDA kernel's code,
-// patch_tile.h) and writes the epilogue (pos_embed + bias) into the output rows; then one GEMM
-// accumulates A * W^T into the output (addmm_, beta = 1).
-// Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail (patches do not
-// overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed rows);
-// d_pos_embed = sum over the batch of dOut, and d_bias = sum over tokens of d_pos_embed.
+// straight from base and detail, or the one latent, through their strides (the concatenated
+// latent never exists; the CUDA kernel's code, patch_tile.h) and writes the epilogue
+// (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
+// (addmm_, beta = 1).
+// Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail or d_latent
+// (patches do not overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed
+// rows); d_pos_embed = sum over the batch of dOut, and d_bias = sum over tokens of d_pos_embed.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -16,34 +17,33 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#include <tuple>
 #include <vector>
 
-#include "davae_ext/checks.h"
-#include "davae_ext/index_math.h"
+#include "davae_ext/patch_embed_ops.h"
 #include "davae_ext/patch_tile.h"
 #include "parallel.h"
 
 namespace davae {
 namespace {
 
-// Moves patch rows between the latent pair (base, detail) and the packed matrix A [M, K].
-// kScatter = false: A <- latent (im2col without a concat); true: latent <- A (exact inverse).
-// The tiles and both phases are the CUDA kernel's (patch_tile.h), run here by one thread per
-// tile through a small per-thread buffer, so the CPU tests check the GPU's index math. Parallel
-// over tiles of kCpuTileTokens tokens (the buffer stays in L1). `tile_epilogue(m0, count)` runs
-// after a tile's rows are done, while they are hot in cache (the output epilogue of the forward).
+// Moves patch rows between the latent pair (base, detail; D = 0: base is the one latent) and the
+// packed matrix A [M, K]. kScatter = false: A <- latent (im2col without a concat); true:
+// latent <- A (exact inverse). The tiles and both phases are the CUDA kernel's (patch_tile.h), run
+// here by one thread per tile through a small per-thread buffer, so the CPU tests check the GPU's
+// index math. Parallel over tiles of kCpuTileTokens tokens (the buffer stays in L1).
+// `tile_epilogue(m0, count)` runs after a tile's rows are done, while they are hot in cache (the
+// output epilogue of the forward).
 constexpr int64_t kCpuTileTokens = 8;
 
-template <bool kScatter, typename T, typename Epilogue>
-void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_first,
+template <bool kScatter, typename T, typename L, typename Epilogue>
+void move_patches(T* A, const Planes<L>& base, const Planes<L>& detail, const PatchShape& s, bool detail_first,
                   Epilogue tile_epilogue) {
   if (s.M() == 0) return;
   PatchTilePlan plan{};
-  TORCH_CHECK(plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T),
-                               aligned16(A) && aligned16(base) && aligned16(detail), kCpuTileTokens,
+  const bool aligned = aligned16(A) && planes_aligned16(base) && (s.D == 0 || planes_aligned16(detail));
+  TORCH_CHECK(plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T), aligned, kCpuTileTokens,
                                int64_t{1} << 29, plan),
-              "detail_patch_embed: a patch row of ", s.K(), " elements is too long");
+              "patch embed: a patch row of ", s.K(), " elements is too long");
   // One buffer per thread, each starting on a 64-byte boundary.
   const int64_t stride = (plan.buffer_elems * sizeof(T) + 63) / 64 * 64 / sizeof(T);
   at::Tensor buffers = at::empty({at::get_num_threads() * stride}, c10::CppTypeToScalarType<T>::value);
@@ -70,128 +70,120 @@ void move_patches(T* A, T* base, T* detail, const PatchShape& s, bool detail_fir
   });
 }
 
-at::Tensor patch_embed_cpu(const at::Tensor& base, const at::Tensor& detail,
-                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           const std::optional<at::Tensor>& pos_embed, int64_t patch_size,
-                           bool detail_first) {
-  const PatchShape s =
-      check_patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const bool has_pos = pos_embed.has_value() && pos_embed->defined();
-  const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
-  const at::Tensor b = base.contiguous();
-  const at::Tensor d = detail.contiguous();
-  const at::Tensor w = weight.reshape({N, K});
-  at::Tensor A = at::empty({M, K}, base.options());
-  at::Tensor out = at::empty({s.B, T, N}, base.options());
-  at::Tensor out2 = out.view({M, N});
-  const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
-  const at::Tensor pos_c = has_pos ? pos_embed->contiguous() : at::Tensor();
+// The patch rows of (base, detail) as a new [M, K] matrix.
+template <typename T>
+at::Tensor gather_patches(const at::Tensor& base, const at::Tensor& detail, const PatchShape& s, bool detail_first) {
+  at::Tensor A = at::empty({s.M(), s.K()}, base.options());
+  move_patches<false>(A.data_ptr<T>(), planes_of<const T>(base), planes_of<const T>(detail), s, detail_first,
+                      [](int64_t, int64_t) {});
+  return A;
+}
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
-                                  "detail_patch_embed_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
-    // out[m, :] = pos_embed[m % T, :] + bias; the GEMM then accumulates onto it.
-    auto epilogue = [&](int64_t m0, int64_t count) {
-      for (int64_t m = m0; m < m0 + count; ++m) {
-        scalar_t* orow = o + m * N;
-        const scalar_t* prow = has_pos ? pp + (m % T) * N : nullptr;
-        if (has_pos && has_bias) {
-          for (int64_t n = 0; n < N; ++n)
-            orow[n] = static_cast<scalar_t>(static_cast<acc_t>(prow[n]) + static_cast<acc_t>(bp[n]));
-        } else if (has_pos) {
-          std::memcpy(orow, prow, N * sizeof(scalar_t));
-        } else if (has_bias) {
-          std::memcpy(orow, bp, N * sizeof(scalar_t));
+struct CpuPatchEmbed {
+  static at::Tensor forward(const at::Tensor& base, const at::Tensor& detail, const PatchShape& s, bool detail_first,
+                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& pos_embed) {
+    const bool has_bias = bias.has_value() && bias->defined();
+    const bool has_pos = pos_embed.has_value() && pos_embed->defined();
+    const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
+    at::Tensor A = at::empty({M, K}, base.options());
+    at::Tensor out = at::empty({s.B, T, N}, base.options());
+    const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+    const at::Tensor pos_c = has_pos ? pos_embed->contiguous() : at::Tensor();
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(), "patch_embed_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+      const scalar_t* pp = has_pos ? pos_c.const_data_ptr<scalar_t>() : nullptr;
+      // out[m, :] = pos_embed[m % T, :] + bias; the GEMM then accumulates onto it.
+      auto epilogue = [&](int64_t m0, int64_t count) {
+        for (int64_t m = m0; m < m0 + count; ++m) {
+          scalar_t* orow = o + m * N;
+          const scalar_t* prow = has_pos ? pp + (m % T) * N : nullptr;
+          if (has_pos && has_bias) {
+            for (int64_t n = 0; n < N; ++n)
+              orow[n] = static_cast<scalar_t>(static_cast<acc_t>(prow[n]) + static_cast<acc_t>(bp[n]));
+          } else if (has_pos) {
+            std::memcpy(orow, prow, N * sizeof(scalar_t));
+          } else if (has_bias) {
+            std::memcpy(orow, bp, N * sizeof(scalar_t));
+          }
         }
-      }
-    };
-    move_patches<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
-                        const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first,
-                        epilogue);
-  });
-  if (has_bias || has_pos) {
-    out2.addmm_(A, w.t());
-  } else {
-    at::mm_out(out2, A, w.t());
+      };
+      move_patches<false>(A.data_ptr<scalar_t>(), planes_of<const scalar_t>(base), planes_of<const scalar_t>(detail),
+                          s, detail_first, epilogue);
+    });
+    at::Tensor out2 = out.view({M, N});
+    const at::Tensor w = weight.reshape({N, K});
+    if (has_bias || has_pos) {
+      out2.addmm_(A, w.t());
+    } else {
+      at::mm_out(out2, A, w.t());
+    }
+    return out;
   }
-  return out;
-}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_embed_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
-    const at::Tensor& weight, int64_t patch_size, bool detail_first,
-    std::array<bool, 4> output_mask) {
-  const PatchShape s = check_patch_embed_backward(grad, base, detail, weight, patch_size);
-  const auto [need_input, need_weight, need_bias, need_pos] = output_mask;
-  const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
-  const at::Tensor g = grad.contiguous().view({M, N});
-  const at::Tensor w = weight.reshape({N, K});
-  auto none = [&] { return at::empty({0}, grad.options()); };
-  at::Tensor d_base = none(), d_detail = none(), d_weight = none(), d_bias = none(),
-             d_pos = none();
-  auto noop = [](int64_t, int64_t) {};
+  static PatchGrads5 backward(const at::Tensor& grad, const at::Tensor& base, const at::Tensor& detail,
+                              const PatchShape& s, bool detail_first, const at::Tensor& weight,
+                              std::array<bool, 4> output_mask) {
+    const auto [need_input, need_weight, need_bias, need_pos] = output_mask;
+    const int64_t M = s.M(), K = s.K(), N = s.N, T = s.T();
+    const at::Tensor g = grad.contiguous().view({M, N});
+    const at::Tensor w = weight.reshape({N, K});
+    auto none = [&] { return at::empty({0}, grad.options()); };
+    at::Tensor d_base = none(), d_detail = none(), d_weight = none(), d_bias = none(), d_pos = none();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
-                                  "detail_patch_embed_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (need_input) {
-      at::Tensor dA = at::mm(g, w);
-      d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
-      d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
-      move_patches<true>(dA.data_ptr<scalar_t>(), d_base.data_ptr<scalar_t>(),
-                         d_detail.data_ptr<scalar_t>(), s, detail_first, noop);
-    }
-    if (need_weight) {
-      const at::Tensor b = base.contiguous();
-      const at::Tensor d = detail.contiguous();
-      at::Tensor A = at::empty({M, K}, base.options());
-      move_patches<false>(A.data_ptr<scalar_t>(), const_cast<scalar_t*>(b.const_data_ptr<scalar_t>()),
-                          const_cast<scalar_t*>(d.const_data_ptr<scalar_t>()), s, detail_first,
-                          noop);
-      d_weight = at::mm(g.t(), A).view({N, s.C + s.D, s.p, s.p});
-    }
-    if (need_bias || need_pos) {
-      // d_pos[t] = sum_b dOut[b, t] (accumulated in opmath), then d_bias = sum_t d_pos[t].
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      at::Tensor pos_acc = at::empty({T, N}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      acc_t* pa = pos_acc.data_ptr<acc_t>();
-      at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          acc_t* row = pa + t * N;
-          for (int64_t n = 0; n < N; ++n) row[n] = s.B > 0 ? static_cast<acc_t>(gp[t * N + n]) : acc_t(0);
-          for (int64_t bb = 1; bb < s.B; ++bb) {
-            const scalar_t* src = gp + (bb * T + t) * N;
-            for (int64_t n = 0; n < N; ++n) row[n] += static_cast<acc_t>(src[n]);
-          }
-        }
-      });
-      if (need_pos) d_pos = pos_acc.to(grad.scalar_type()).view({1, T, N});
-      if (need_bias) {
-        d_bias = at::empty({N}, grad.options());
-        scalar_t* db = d_bias.data_ptr<scalar_t>();
-        at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
-          std::vector<acc_t> acc(static_cast<size_t>(n1 - n0), acc_t(0));
-          for (int64_t t = 0; t < T; ++t) {
-            const acc_t* row = pa + t * N + n0;
-            for (int64_t n = 0; n < n1 - n0; ++n) acc[n] += row[n];
-          }
-          for (int64_t n = n0; n < n1; ++n) db[n] = static_cast<scalar_t>(acc[n - n0]);
-        });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(), "patch_embed_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      if (need_input) {
+        at::Tensor dA = at::mm(g, w);
+        d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
+        if (s.D > 0) d_detail = at::empty({s.B, s.D, s.H, s.W}, detail.options());
+        const Planes<scalar_t> db = planes_of<scalar_t>(d_base);
+        move_patches<true>(dA.data_ptr<scalar_t>(), db, s.D > 0 ? planes_of<scalar_t>(d_detail) : db, s,
+                           detail_first, [](int64_t, int64_t) {});
       }
-    }
-  });
-  return {d_base, d_detail, d_weight, d_bias, d_pos};
-}
+      if (need_weight) {
+        d_weight = at::mm(g.t(), gather_patches<scalar_t>(base, detail, s, detail_first))
+                       .view({N, s.C + s.D, s.p, s.p});
+      }
+      if (need_bias || need_pos) {
+        // d_pos[t] = sum_b dOut[b, t] (accumulated in opmath), then d_bias = sum_t d_pos[t].
+        const scalar_t* gp = g.const_data_ptr<scalar_t>();
+        at::Tensor pos_acc = at::empty({T, N}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        acc_t* pa = pos_acc.data_ptr<acc_t>();
+        at::parallel_for(0, T, grain_for(N * s.B), [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            acc_t* row = pa + t * N;
+            for (int64_t n = 0; n < N; ++n) row[n] = s.B > 0 ? static_cast<acc_t>(gp[t * N + n]) : acc_t(0);
+            for (int64_t bb = 1; bb < s.B; ++bb) {
+              const scalar_t* src = gp + (bb * T + t) * N;
+              for (int64_t n = 0; n < N; ++n) row[n] += static_cast<acc_t>(src[n]);
+            }
+          }
+        });
+        if (need_pos) d_pos = pos_acc.to(grad.scalar_type()).view({1, T, N});
+        if (need_bias) {
+          d_bias = at::empty({N}, grad.options());
+          scalar_t* dbias = d_bias.data_ptr<scalar_t>();
+          at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
+            std::vector<acc_t> acc(static_cast<size_t>(n1 - n0), acc_t(0));
+            for (int64_t t = 0; t < T; ++t) {
+              const acc_t* row = pa + t * N + n0;
+              for (int64_t n = 0; n < n1 - n0; ++n) acc[n] += row[n];
+            }
+            for (int64_t n = n0; n < n1; ++n) dbias[n] = static_cast<scalar_t>(acc[n - n0]);
+          });
+        }
+      }
+    });
+    return {d_base, d_detail, d_weight, d_bias, d_pos};
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(davae_ext, CPU, m) {
-  m.impl("detail_patch_embed", &patch_embed_cpu);
-  m.impl("detail_patch_embed_backward", &patch_embed_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(davae_ext, CPU, m) { register_patch_embed_ops<CpuPatchEmbed>(m); }
 
 }  // namespace davae

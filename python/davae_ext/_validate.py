@@ -1,8 +1,11 @@
-"""Input validation shared by the fused ops, the reference and the fake (meta) kernels.
+"""Input checks of the reference ops and the fake (meta) kernels, in Python.
 
-Every check raises ``ValueError`` (shapes, values, devices) or ``TypeError`` (dtypes) with a
-message naming the op, the argument, and the expected and actual shape, dtype or device. The
-C++ host checks (``csrc/checks.cpp``) use the same wording for direct ``torch.ops`` calls.
+The fused ops' eager calls are checked once, by the C++ host checks (``csrc/checks.cpp``); these
+are the same checks with the same wording for the two places C++ does not run: the pure-PyTorch
+reference and the fake kernels that ``torch.compile`` and ``torch.export`` trace with. Every check
+raises ``ValueError`` (shapes, values, devices) or ``TypeError`` (dtypes) with a message naming the
+op, the argument, and the expected and actual shape, dtype or device; shape conditions go through
+``torch._check_value``, so symbolic sizes are checked (or guarded) rather than specialised.
 """
 
 from __future__ import annotations
@@ -86,10 +89,26 @@ def same_dtype_device(op: str, name: str, t: torch.Tensor, ref_name: str, ref: t
         raise ValueError(f"{op}: '{name}' must be on device {ref.device} (same as '{ref_name}'), got {t.device}")
 
 
+def _check(ok, message) -> None:
+    """ValueError(message()) unless ok (a bool, or a symbolic bool under torch.compile)."""
+    torch._check_value(ok, message)
+
+
 def _shape(op: str, name: str, t: torch.Tensor, expected: Sequence[int], why: str) -> None:
-    ok = t.dim() == len(expected) and all(e < 0 or s == e for s, e in zip(t.shape, expected))
-    if not ok:
-        raise ValueError(f"{op}: '{name}' must have shape {_shape_str(expected)}{why}, got {_shape_str(t.shape)}")
+    def message():
+        return f"{op}: '{name}' must have shape {_shape_str(expected)}{why}, got {_shape_str(t.shape)}"
+
+    _check(t.dim() == len(expected), message)
+    for size, e in zip(t.shape, expected):
+        if e >= 0:
+            _check(size == e, message)
+
+
+def int_arg(op: str, name: str, value) -> None:
+    """An int argument of an op (the dispatcher would take a bool as one); its range is the
+    op's to check."""
+    if not _is_int(value):
+        raise ValueError(f"{op}: '{name}' must be a positive int, got {value!r}")
 
 
 def order_flag(op: str, order: str) -> bool:
@@ -112,22 +131,20 @@ def base_detail(op: str, base, detail) -> LatentShape:
     same_dtype_device(op, "detail", detail, "base", base)
     B, C, H, W = base.shape
     _shape(op, "detail", detail, (B, -1, H, W), " (batch and spatial size of 'base')")
-    if C == 0:
-        raise ValueError(f"{op}: 'base' must have at least one channel, got shape {_shape_str(base.shape)}")
-    if detail.shape[1] == 0:
-        raise ValueError(f"{op}: 'detail' must have at least one channel, got shape {_shape_str(detail.shape)}")
+    _check(C > 0, lambda: f"{op}: 'base' must have at least one channel, got shape {_shape_str(base.shape)}")
+    _check(detail.shape[1] > 0,
+           lambda: f"{op}: 'detail' must have at least one channel, got shape {_shape_str(detail.shape)}")
     return LatentShape(B, C, detail.shape[1], H, W)
 
 
 def groups(op: str, C: int, D: int) -> int:
     """r = D / C, the size of a projection group."""
-    if not _is_int(C) or C <= 0:
-        raise ValueError(f"{op}: 'base_channels' must be a positive int, got {C!r}")
-    if D % C != 0:
-        raise ValueError(
-            f"{op}: the detail channel count D={D} must be a multiple of the base channel count "
-            f"C={C} (Proj averages groups of D/C detail channels)"
-        )
+    int_arg(op, "base_channels", C)
+    _check(C > 0, lambda: f"{op}: 'base_channels' must be a positive int, got {C!r}")
+    _check(D % C == 0, lambda: (
+        f"{op}: the detail channel count D={D} must be a multiple of the base channel count "
+        f"C={C} (Proj averages groups of D/C detail channels)"
+    ))
     return D // C
 
 
@@ -144,18 +161,16 @@ def align(op: str, detail, base) -> LatentShape:
     return s
 
 
-def patch_embed(op: str, base, detail, weight, bias: Optional[torch.Tensor],
-                pos_embed: Optional[torch.Tensor], patch_size: int) -> PatchShape:
-    s = base_detail(op, base, detail)
+def _patch_params(op: str, s: LatentShape, ref: torch.Tensor, ref_name: str, weight, bias, pos_embed,
+                  patch_size: int) -> PatchShape:
+    """What both patch embeds check past their latents (C++: check_patch_params)."""
     p = patch_size
-    if not _is_int(p) or p <= 0:
-        raise ValueError(f"{op}: 'patch_size' must be a positive int, got {p!r}")
-    if s.H % p or s.W % p:
-        raise ValueError(
-            f"{op}: the latent height and width ({s.H}, {s.W}) must be multiples of 'patch_size'={p}"
-        )
+    int_arg(op, "patch_size", p)
+    _check(p > 0, lambda: f"{op}: 'patch_size' must be a positive int, got {p!r}")
+    _check(s.H % p == 0 and s.W % p == 0,
+           lambda: f"{op}: the latent height and width ({s.H}, {s.W}) must be multiples of 'patch_size'={p}")
     _tensor(op, "weight", weight)
-    same_dtype_device(op, "weight", weight, "base", base)
+    same_dtype_device(op, "weight", weight, ref_name, ref)
     if weight.dim() != 4:
         raise ValueError(
             f"{op}: 'weight' must be a 4-D Conv2d weight [hidden, C + D, p, p], got shape {_shape_str(weight.shape)}"
@@ -165,10 +180,25 @@ def patch_embed(op: str, base, detail, weight, bias: Optional[torch.Tensor],
     ps = PatchShape(s.B, s.C, s.D, s.H, s.W, p, N)
     if bias is not None:
         _tensor(op, "bias", bias)
-        same_dtype_device(op, "bias", bias, "base", base)
+        same_dtype_device(op, "bias", bias, ref_name, ref)
         _shape(op, "bias", bias, (N,), " (hidden size of 'weight')")
     if pos_embed is not None:
         _tensor(op, "pos_embed", pos_embed)
-        same_dtype_device(op, "pos_embed", pos_embed, "base", base)
+        same_dtype_device(op, "pos_embed", pos_embed, ref_name, ref)
         _shape(op, "pos_embed", pos_embed, (1, ps.T, N), " ([1, tokens, hidden])")
     return ps
+
+
+def patch_embed(op: str, base, detail, weight, bias: Optional[torch.Tensor],
+                pos_embed: Optional[torch.Tensor], patch_size: int) -> PatchShape:
+    """detail_patch_embed's inputs."""
+    return _patch_params(op, base_detail(op, base, detail), base, "base", weight, bias, pos_embed, patch_size)
+
+
+def latent_patch_embed(op: str, latent, weight, bias: Optional[torch.Tensor],
+                       pos_embed: Optional[torch.Tensor], patch_size: int) -> PatchShape:
+    """patch_embed's inputs: one latent [B, C, H, W] (a PatchShape with D = 0)."""
+    _latent(op, "latent", latent, "[B, C, H, W]")
+    B, C, H, W = latent.shape
+    _check(C > 0, lambda: f"{op}: 'latent' must have at least one channel, got shape {_shape_str(latent.shape)}")
+    return _patch_params(op, LatentShape(B, C, 0, H, W), latent, "latent", weight, bias, pos_embed, patch_size)

@@ -1,16 +1,16 @@
 """The fused DA-VAE latent ops.
 
-Each function validates its inputs, then runs the compiled kernel for the tensors' device
-(``torch.ops.davae_ext.*``, with autograd, ``torch.compile`` and ``torch.export`` support) or,
-when the backend is ``"reference"`` or no kernel exists for that device, the pure-PyTorch twin in
+Each function runs the compiled kernel for the tensors' device (``torch.ops.davae_ext.*``, with
+autograd, ``torch.compile`` and ``torch.export`` support) or, when the backend is
+``"reference"`` or no kernel exists for that device, the pure-PyTorch twin in
 :mod:`davae_ext.reference`. Both give the same results to floating-point tolerance.
 
-The fused path is built for per-call cost (these ops are small: at SD3 sizes a CUDA kernel runs
-for a few microseconds, so host overhead decides the op's time): it calls the op's overload
-directly and lets the C++ host checks (``csrc/checks.cpp``, the same checks) validate. Only when
-those reject an input does the Python validation run again, to raise the same error worded with
-``torch`` dtype names. Under ``torch.compile`` the Python checks run first, as they cost nothing
-at run time there.
+Latents are read in place through their strides whenever their H x W planes are contiguous:
+channel-slice views of one latent, batch-strided views and the pieces of ``torch.split`` cost no
+copy. The fused path validates its inputs once, in the C++ host checks (``csrc/checks.cpp``; the
+fake kernels check the same under ``torch.compile``); these functions only turn the string
+arguments into the ops' flags and reject a ``bool`` where an int is expected, which the
+dispatcher would accept.
 """
 
 from __future__ import annotations
@@ -23,21 +23,13 @@ from . import _backend, _validate, reference
 
 _ops = torch.ops.davae_ext if _backend.EXT_LOADED else None
 
-__all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed"]
+__all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed", "patch_embed"]
 
 
-def _call(first, check, fused, fallback):
-    """fused() when the compiled op runs for tensors like ``first``, else fallback(); validated
-    by ``check()`` (which raises) as the module docstring says."""
-    use_fused = isinstance(first, torch.Tensor) and _backend.use_fused(first)
-    if use_fused and not torch.compiler.is_compiling():
-        try:
-            return fused()
-        except (TypeError, ValueError, RuntimeError):
-            check()  # raises the same error in the Python wording; anything else propagates
-            raise
-    check()
-    return fused() if use_fused else fallback()
+def _fused(first) -> bool:
+    """Whether the compiled op runs for inputs like ``first`` (a non-tensor goes to the reference,
+    whose checks say what is wrong)."""
+    return isinstance(first, torch.Tensor) and _backend.use_fused(first)
 
 
 def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_first") -> torch.Tensor:
@@ -45,11 +37,12 @@ def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_f
 
     base: (B, C, H, W), detail: (B, D, H, W) -> (B, C + D, H, W).
     order: "base_first" (the paper's layout) or "detail_first" (the official SD3 checkpoints').
+    The gradients are views of the output's gradient, as ``torch.cat``'s are.
     """
     detail_first = _validate.order_flag("latent_concat", order)
-    check = lambda: _validate.base_detail("latent_concat", base, detail)  # noqa: E731
-    return _call(base, check, lambda: _ops.latent_concat.default(base, detail, detail_first),
-                 lambda: reference.latent_concat(base, detail, order))
+    if _fused(base):
+        return _ops.latent_concat.default(base, detail, detail_first)
+    return reference.latent_concat(base, detail, order)
 
 
 def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
@@ -58,11 +51,10 @@ def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
     detail: (B, D, H, W) -> (B, C, H, W) with C = base_channels; channel c is the mean of detail
     channels [c*r, (c+1)*r), r = D / C.
     """
-    check = lambda: _validate.project("detail_project", detail, base_channels)  # noqa: E731
-    if isinstance(base_channels, bool):  # the op's int would take a bool; the Python check rejects it
-        check()
-    return _call(detail, check, lambda: _ops.detail_project.default(detail, base_channels),
-                 lambda: reference.detail_project(detail, base_channels))
+    _validate.int_arg("detail_project", "base_channels", base_channels)
+    if _fused(detail):
+        return _ops.detail_project.default(detail, base_channels)
+    return reference.detail_project(detail, base_channels)
 
 
 def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -73,9 +65,9 @@ def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str =
     The reduction is deterministic (same bits on every run).
     """
     code = _validate.reduction_code("detail_align_loss", reduction)
-    check = lambda: _validate.align("detail_align_loss", detail, base)  # noqa: E731
-    return _call(detail, check, lambda: _ops.detail_align_loss.default(detail, base, code),
-                 lambda: reference.detail_align_loss(detail, base, reduction))
+    if _fused(detail):
+        return _ops.detail_align_loss.default(detail, base, code)
+    return reference.detail_align_loss(detail, base, reduction)
 
 
 def detail_patch_embed(
@@ -92,17 +84,32 @@ def detail_patch_embed(
     Equals ``conv2d(cat(base, detail), weight, bias, stride=p).flatten(2).transpose(1, 2) + pos_embed``.
     base: (B, C, H, W), detail: (B, D, H, W), weight: (N, C + D, p, p) (a Conv2d weight, e.g.
     diffusers' ``PatchEmbed.proj.weight``), bias: (N,) or None, pos_embed: (1, T, N) or None
-    -> (B, T, N) with T = (H / p) * (W / p).
+    -> (B, T, N) with T = (H / p) * (W / p). For a latent that is already one tensor, use
+    :func:`patch_embed` (its gradient is one tensor too).
     """
     detail_first = _validate.order_flag("detail_patch_embed", order)
-    check = lambda: _validate.patch_embed(  # noqa: E731
-        "detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size
-    )
-    if isinstance(patch_size, bool):  # the op's int would take a bool; the Python check rejects it
-        check()
-    return _call(
-        base,
-        check,
-        lambda: _ops.detail_patch_embed.default(base, detail, weight, bias, pos_embed, patch_size, detail_first),
-        lambda: reference.detail_patch_embed(base, detail, weight, bias, pos_embed, patch_size, order),
-    )
+    _validate.int_arg("detail_patch_embed", "patch_size", patch_size)
+    if _fused(base):
+        return _ops.detail_patch_embed.default(base, detail, weight, bias, pos_embed, patch_size, detail_first)
+    return reference.detail_patch_embed(base, detail, weight, bias, pos_embed, patch_size, order)
+
+
+def patch_embed(
+    latent: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    pos_embed: Optional[torch.Tensor] = None,
+    patch_size: int = 2,
+) -> torch.Tensor:
+    """Patch embedding of one latent (base and detail concatenated already, as a DA-VAE
+    transformer's ``pos_embed(latent)`` receives it), in one gather and one GEMM with the bias
+    and positional embedding in its epilogue.
+
+    Equals ``conv2d(latent, weight, bias, stride=p).flatten(2).transpose(1, 2) + pos_embed``.
+    latent: (B, C, H, W), weight: (N, C, p, p), bias: (N,) or None, pos_embed: (1, T, N) or None
+    -> (B, T, N). Its gradient with respect to ``latent`` is one tensor, written once.
+    """
+    _validate.int_arg("patch_embed", "patch_size", patch_size)
+    if _fused(latent):
+        return _ops.patch_embed.default(latent, weight, bias, pos_embed, patch_size)
+    return reference.patch_embed(latent, weight, bias, pos_embed, patch_size)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import _validate
 
-__all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed"]
+__all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed", "patch_embed"]
 
 
 def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_first") -> torch.Tensor:
@@ -50,7 +50,25 @@ def detail_patch_embed(
     pos_embed: (1, T, N) with T = (H / p)(W / p) -> (B, T, N).
     """
     _validate.patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size)
-    x = latent_concat(base, detail, order)
+    return _conv_tokens(latent_concat(base, detail, order), weight, bias, pos_embed, patch_size)
+
+
+def patch_embed(
+    latent: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    pos_embed: Optional[torch.Tensor] = None,
+    patch_size: int = 2,
+) -> torch.Tensor:
+    """conv2d(latent, weight, bias, stride=p).flatten(2).transpose(1, 2) + pos_embed.
+
+    latent: (B, C, H, W), weight: (N, C, p, p), bias: (N,), pos_embed: (1, T, N) -> (B, T, N).
+    """
+    _validate.latent_patch_embed("patch_embed", latent, weight, bias, pos_embed, patch_size)
+    return _conv_tokens(latent, weight, bias, pos_embed, patch_size)
+
+
+def _conv_tokens(x, weight, bias, pos_embed, patch_size):
     tokens = F.conv2d(x, weight, bias, stride=patch_size).flatten(2).transpose(1, 2)
     # .to(tokens.dtype): under torch.autocast the conv gives the autocast dtype and the sum stays in
     # it, as in diffusers' PatchEmbed (a no-op otherwise: every input has one dtype).

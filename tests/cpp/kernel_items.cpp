@@ -1,14 +1,16 @@
 // The CUDA kernels' per-item code (csrc/include/davae_ext/*.h), run on the CPU.
 //
 //   kernel_items SECTION
-//   SECTION: divmod | concat | project | align | patch_tile | patch_columns | patch_element | pos_grad
+//   SECTION: divmod | concat | project | align | patch_tile | pos_grad
 //
 // Each section runs the functions a CUDA thread runs, for every index of the launch, and compares
 // the result with a direct computation written here; patch_tile runs each tile as a block of 256
 // threads would (thread t takes work items t, t + 256, ...), which is not how the CPU kernel runs
 // it (one thread, items in order); pos_grad runs every thread of every block of the d_pos / d_bias
-// pass and the kernel's fixed-order combination of their column sums. Prints one line per failure
-// and a summary; exit status 1 on any failure. tests/test_kernel_items.py compiles and runs it.
+// pass and the kernel's fixed-order combination of their column sums. The latents are given both
+// as contiguous tensors and as the two channel ranges of one latent (views read and written in
+// place through their strides, planes.h). Prints one line per failure and a summary; exit status
+// 1 on any failure. tests/test_kernel_items.py compiles and runs it.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -24,6 +26,7 @@
 #include "davae_ext/divmod.h"
 #include "davae_ext/index_math.h"
 #include "davae_ext/patch_tile.h"
+#include "davae_ext/planes.h"
 #include "davae_ext/plane_vectors.h"
 #include "davae_ext/pos_grad.h"
 #include "davae_ext/vec.h"
@@ -76,6 +79,61 @@ struct Buffer {
   std::vector<T> values() const { return std::vector<T>(data, data + n); }
 };
 
+template <typename T>
+Planes<const T> readonly(const Planes<T>& p) {
+  return Planes<const T>{p.data, p.batch_stride, p.channel_stride};
+}
+
+// Contiguous [B, channels, HW] planes over `data`.
+template <typename T>
+Planes<T> contiguous_planes(T* data, int64_t channels, int64_t HW) {
+  return Planes<T>{data, channels * HW, HW};
+}
+
+// A base [B, C, HW] and detail [B, D, HW] pair, stored either as two contiguous tensors or, with
+// `views`, as the channel ranges [0, C) and [C, C + D) of one [B, C + D, HW] latent (batch stride
+// (C + D) HW: what latent[:, :C] and latent[:, C:] are). D = 0: base alone.
+template <typename T>
+struct LatentPair {
+  int64_t B, C, D, HW;
+  Buffer<T> first, second;
+  Planes<T> base, detail;
+
+  LatentPair(const std::vector<T>& base_v, const std::vector<T>& detail_v, int64_t B_, int64_t C_, int64_t D_,
+             int64_t HW_, bool views, size_t misalign = 0)
+      : B(B_), C(C_), D(D_), HW(HW_),
+        first(views ? interleave(base_v, detail_v, B_, C_, D_, HW_) : base_v, misalign),
+        second(views ? std::vector<T>() : detail_v, misalign) {
+    if (views) {
+      base = Planes<T>{first.data, (C + D) * HW, HW};
+      detail = Planes<T>{first.data + C * HW, (C + D) * HW, HW};
+    } else {
+      base = contiguous_planes(first.data, C, HW);
+      detail = contiguous_planes(second.data, D, HW);
+    }
+  }
+
+  static std::vector<T> interleave(const std::vector<T>& base_v, const std::vector<T>& detail_v, int64_t B,
+                                   int64_t C, int64_t D, int64_t HW) {
+    std::vector<T> latent(B * (C + D) * HW);
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy(base_v.begin() + b * C * HW, base_v.begin() + (b + 1) * C * HW, latent.begin() + b * (C + D) * HW);
+      std::copy(detail_v.begin() + b * D * HW, detail_v.begin() + (b + 1) * D * HW,
+                latent.begin() + (b * (C + D) + C) * HW);
+    }
+    return latent;
+  }
+
+  static std::vector<T> read(const Planes<T>& p, int64_t B, int64_t channels, int64_t HW) {
+    std::vector<T> v(B * channels * HW);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < channels; ++c) std::copy(p.plane(b, c), p.plane(b, c) + HW, v.begin() + (b * channels + c) * HW);
+    return v;
+  }
+  std::vector<T> base_values() const { return read(base, B, C, HW); }
+  std::vector<T> detail_values() const { return read(detail, B, D, HW); }
+};
+
 // ---------------------------------------------------------------------------------------------
 // divmod.h
 void test_divmod() {
@@ -122,16 +180,17 @@ struct Shape {
   int64_t B, C, D, H, W;
 };
 
-std::string label(const char* op, const Shape& s, const char* dtype, int vec, bool fast, bool detail_first = false) {
-  char b[200];
-  std::snprintf(b, sizeof(b), "%s %s B=%lld C=%lld D=%lld H=%lld W=%lld VEC=%d %s%s", op, dtype, (long long)s.B,
+std::string label(const char* op, const Shape& s, const char* dtype, int vec, bool fast, bool views,
+                  bool detail_first = false) {
+  char b[220];
+  std::snprintf(b, sizeof(b), "%s %s B=%lld C=%lld D=%lld H=%lld W=%lld VEC=%d %s%s%s", op, dtype, (long long)s.B,
                 (long long)s.C, (long long)s.D, (long long)s.H, (long long)s.W, vec, fast ? "FastDivmod" : "Divmod64",
-                detail_first ? " detail_first" : "");
+                views ? " views" : "", detail_first ? " detail_first" : "");
   return b;
 }
 
 template <int VEC, typename T, typename Div>
-void concat_case(const Shape& s, bool detail_first, std::mt19937& rng) {
+void concat_case(const Shape& s, bool views, bool detail_first, std::mt19937& rng) {
   using I = typename Div::index_t;
   const int64_t HW = s.H * s.W, CD = s.C + s.D;
   const size_t misalign = VEC == 1 ? 1 : 0;
@@ -145,15 +204,12 @@ void concat_case(const Shape& s, bool detail_first, std::mt19937& rng) {
       std::copy(src, src + HW, &expect[(b * CD + ch) * HW]);
     }
   const auto g = plane_vectors<Div>(s.B, CD, HW, VEC);
-  const std::string what = label("concat", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>, detail_first);
-  Buffer<T> base(base_v, misalign), detail(detail_v, misalign), latent(std::vector<T>(expect.size(), T(-99.f)), misalign);
+  const LatentPair<T> in(base_v, detail_v, s.B, s.C, s.D, HW, views, misalign);
+  Buffer<T> latent(std::vector<T>(expect.size(), T(-99.f)), misalign);
   for (I i = 0; i < g.total; ++i)
-    concat_vector<false, VEC>(latent.data, base.data, detail.data, g, i, I(s.C), I(s.D), detail_first);
-  check(same_bits(latent.values(), expect), what + " forward");
-  Buffer<T> d_base(std::vector<T>(base_v.size(), T(-99.f)), misalign), d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
-  for (I i = 0; i < g.total; ++i)
-    concat_vector<true, VEC>(latent.data, d_base.data, d_detail.data, g, i, I(s.C), I(s.D), detail_first);
-  check(same_bits(d_base.values(), base_v) && same_bits(d_detail.values(), detail_v), what + " backward");
+    concat_vector<VEC>(latent.data, readonly(in.base), readonly(in.detail), g, i, I(s.C), I(s.D), detail_first);
+  check(same_bits(latent.values(), expect),
+        label("concat", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>, views, detail_first));
 }
 
 // The direct Proj: float mean over each group, channels in order.
@@ -171,8 +227,10 @@ std::vector<float> direct_proj(const std::vector<T>& detail, const Shape& s) {
   return out;
 }
 
+// project and align read base-shaped inputs (base, the gradient) and detail: with `views` both
+// come from one latent's channel ranges. Their outputs are contiguous, as the ops allocate them.
 template <int VEC, typename T, typename Div>
-void project_case(const Shape& s, std::mt19937& rng) {
+void project_case(const Shape& s, bool views, std::mt19937& rng) {
   using I = typename Div::index_t;
   const int64_t HW = s.H * s.W, r = s.D / s.C;
   const size_t misalign = VEC == 1 ? 1 : 0;
@@ -186,17 +244,19 @@ void project_case(const Shape& s, std::mt19937& rng) {
         expect_back[(b * s.D + d) * HW + x] =
             static_cast<T>(static_cast<float>(grad_v[(b * s.C + d / r) * HW + x]) * (1.f / static_cast<float>(r)));
   const auto g = plane_vectors<Div>(s.B, s.C, HW, VEC);
-  const std::string what = label("project", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>);
-  Buffer<T> detail(detail_v, misalign), out(std::vector<T>(expect.size(), T(-99.f)), misalign);
-  for (I i = 0; i < g.total; ++i) project_vector<VEC>(detail.data, out.data, g, I(r), i);
+  const std::string what = label("project", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>, views);
+  const LatentPair<T> in(grad_v, detail_v, s.B, s.C, s.D, HW, views, misalign);  // (grad, detail)
+  Buffer<T> out(std::vector<T>(expect.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i) project_vector<VEC>(readonly(in.detail), out.data, g, I(r), i);
   check(same_bits(out.values(), expect), what + " forward");
-  Buffer<T> grad(grad_v, misalign), d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
-  for (I i = 0; i < g.total; ++i) project_backward_vector<VEC>(grad.data, d_detail.data, g, I(r), i);
+  Buffer<T> d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
+  for (I i = 0; i < g.total; ++i)
+    project_backward_vector<VEC>(readonly(in.base), contiguous_planes(d_detail.data, s.D, HW), g, I(r), i);
   check(same_bits(d_detail.values(), expect_back), what + " backward");
 }
 
 template <int VEC, typename T, typename Div>
-void align_case(const Shape& s, std::mt19937& rng) {
+void align_case(const Shape& s, bool views, std::mt19937& rng) {
   using I = typename Div::index_t;
   const int64_t HW = s.H * s.W, r = s.D / s.C;
   const size_t misalign = VEC == 1 ? 1 : 0;
@@ -204,13 +264,15 @@ void align_case(const Shape& s, std::mt19937& rng) {
   const auto grad_v = random_values<T>(base_v.size(), rng);
   const auto proj = direct_proj(detail_v, s);
   const auto g = plane_vectors<Div>(s.B, s.C, HW, VEC);
-  const std::string what = label("align", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>);
-  Buffer<T> detail(detail_v, misalign), base(base_v, misalign), grad(grad_v, misalign);
+  const std::string what = label("align", s, type_name<T>(), VEC, std::is_same_v<Div, FastDivmod>, views);
+  const LatentPair<T> in(base_v, detail_v, s.B, s.C, s.D, HW, views, misalign);
+  const LatentPair<T> grad(grad_v, detail_v, s.B, s.C, s.D, HW, views, misalign);  // the gradient as a view too
+  const Planes<const T> detail = readonly(in.detail), base = readonly(in.base);
   // align_diff against the direct difference, element by element (exact: same float operations).
   bool diff_ok = true;
   for (I i = 0; i < g.total; ++i) {
     float diff[VEC];
-    align_diff<VEC>(detail.data, base.data, g, I(r), i, diff);
+    align_diff<VEC>(detail, base, g, I(r), i, diff);
     for (int k = 0; k < VEC; ++k) {
       const int64_t e = static_cast<int64_t>(i) * VEC + k;
       diff_ok = diff_ok && diff[k] == proj[e] - static_cast<float>(base_v[e]);
@@ -233,9 +295,10 @@ void align_case(const Shape& s, std::mt19937& rng) {
         }
     Buffer<T> d_base(std::vector<T>(base_v.size(), T(-99.f)), misalign),
         d_detail(std::vector<T>(detail_v.size(), T(-99.f)), misalign);
+    const Planes<const T> per_element = elementwise ? readonly(grad.base) : Planes<const T>{nullptr, 0, 0};
     for (I i = 0; i < g.total; ++i)
-      align_loss_backward_vector<VEC>(elementwise ? grad.data : static_cast<const T*>(nullptr), g0, scale, detail.data,
-                                      base.data, d_detail.data, d_base.data, g, I(r), i);
+      align_loss_backward_vector<VEC>(per_element, g0, scale, detail, base, contiguous_planes(d_detail.data, s.D, HW),
+                                      d_base.data, g, I(r), i);
     check(same_bits(d_base.values(), expect_base) && same_bits(d_detail.values(), expect_detail),
           what + (elementwise ? " backward (per-element grad)" : " backward (scalar grad)"));
   }
@@ -254,17 +317,19 @@ void elementwise_all(const char* section, std::mt19937& rng) {
   constexpr int kVec = vec16<T>();
   for (const Shape& s : kLatentShapes) {
     const bool whole = (s.H * s.W) % kVec == 0;
-    if (!std::strcmp(section, "concat")) {
-      for (bool df : {false, true}) {
-        concat_case<1, T, Div>(s, df, rng);
-        if (whole) concat_case<kVec, T, Div>(s, df, rng);
+    for (bool views : {false, true}) {
+      if (!std::strcmp(section, "concat")) {
+        for (bool df : {false, true}) {
+          concat_case<1, T, Div>(s, views, df, rng);
+          if (whole) concat_case<kVec, T, Div>(s, views, df, rng);
+        }
+      } else if (!std::strcmp(section, "project")) {
+        project_case<1, T, Div>(s, views, rng);
+        if (whole) project_case<kVec, T, Div>(s, views, rng);
+      } else {
+        align_case<1, T, Div>(s, views, rng);
+        if (whole) align_case<kVec, T, Div>(s, views, rng);
       }
-    } else if (!std::strcmp(section, "project")) {
-      project_case<1, T, Div>(s, rng);
-      if (whole) project_case<kVec, T, Div>(s, rng);
-    } else {
-      align_case<1, T, Div>(s, rng);
-      if (whole) align_case<kVec, T, Div>(s, rng);
     }
   }
 }
@@ -326,21 +391,23 @@ std::string patch_label(const char* kind, const char* dtype, const PatchCase& pc
 }
 
 template <typename T>
-void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
-  const int64_t p = pc.p;
+void patch_tile_case(const PatchCase& pc, bool detail_first, bool views, std::mt19937& rng) {
+  const int64_t p = pc.p, HW = pc.H * pc.W;
   const PatchData<T> data(pc, detail_first, rng);
-  const std::vector<T>& base_v = data.base;
-  const std::vector<T>& detail_v = data.detail;
   const std::vector<T>& expect = data.A;
-  Buffer<T> base(base_v), detail(detail_v), A(std::vector<T>(expect.size(), T(-99.f)));
+  const LatentPair<T> in(data.base, data.detail, pc.B, pc.C, pc.D, HW, views);
+  Buffer<T> A(std::vector<T>(expect.size(), T(-99.f)));
   PatchTilePlan plan{};
-  const bool planned = plan_patch_tiles(pc.B, pc.C, pc.D, pc.H, pc.W, p, detail_first, sizeof(T), true,
+  const bool aligned = planes_aligned16(in.base) && (pc.D == 0 || planes_aligned16(in.detail));
+  const bool planned = plan_patch_tiles(pc.B, pc.C, pc.D, pc.H, pc.W, p, detail_first, sizeof(T), aligned,
                                         pc.max_tokens, 32 * 1024, plan);
-  const std::string what = patch_label("patch_tile", type_name<T>(), pc, detail_first);
+  const std::string what = patch_label("patch_tile", type_name<T>(), pc, detail_first) + (views ? " views" : "");
   check(planned, what + ": planned");
   if (!planned) return;
   std::vector<T> buf(plan.buffer_elems);
   bool vec_used = false;
+  // D = 0: base is the one latent and detail is never read (the ops pass base twice).
+  const Planes<const T> base = readonly(in.base), detail = pc.D > 0 ? readonly(in.detail) : base;
   with_patch_size(p, [&](auto patch) {
     constexpr int P = decltype(patch)::value;
     with_tile_vec<T>(plan, [&](auto vec) {
@@ -350,14 +417,18 @@ void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) 
         const PatchTile t = patch_tile(tile, plan.args);
         std::fill(buf.begin(), buf.end(), T(-77.f));
         for (int tid = 0; tid < kBlock; ++tid)
-          patch_tile_latent_phase<false, P, VEC>(base.data, detail.data, buf.data(), plan.args, t, tid, kBlock);
+          patch_tile_latent_phase<false, P, VEC>(base, detail, buf.data(), plan.args, t, tid, kBlock);
         for (int tid = 0; tid < kBlock; ++tid) patch_tile_rows_phase<false, VEC>(A.data, buf.data(), plan.args, t, tid, kBlock);
       }
     });
   });
-  check(same_bits(A.values(), expect), what + (vec_used ? " (16-byte)" : " (scalar)") + " gather");
-  Buffer<T> expect_A(expect), d_base(std::vector<T>(base_v.size(), T(-99.f))),
-      d_detail(std::vector<T>(detail_v.size(), T(-99.f)));
+  const std::string how = vec_used ? " (16-byte)" : " (scalar)";
+  check(same_bits(A.values(), expect), what + how + " gather");
+  // Scatter into a pair of the same layout filled with a marker: every element must be written.
+  Buffer<T> expect_A(expect);
+  LatentPair<T> out(std::vector<T>(data.base.size(), T(-99.f)), std::vector<T>(data.detail.size(), T(-99.f)), pc.B,
+                    pc.C, pc.D, HW, views);
+  const Planes<T> d_detail = pc.D > 0 ? out.detail : out.base;
   with_patch_size(p, [&](auto patch) {
     constexpr int P = decltype(patch)::value;
     with_tile_vec<T>(plan, [&](auto vec) {
@@ -367,12 +438,12 @@ void patch_tile_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) 
         std::fill(buf.begin(), buf.end(), T(-77.f));
         for (int tid = 0; tid < kBlock; ++tid) patch_tile_rows_phase<true, VEC>(expect_A.data, buf.data(), plan.args, t, tid, kBlock);
         for (int tid = 0; tid < kBlock; ++tid)
-          patch_tile_latent_phase<true, P, VEC>(d_base.data, d_detail.data, buf.data(), plan.args, t, tid, kBlock);
+          patch_tile_latent_phase<true, P, VEC>(out.base, d_detail, buf.data(), plan.args, t, tid, kBlock);
       }
     });
   });
-  check(same_bits(d_base.values(), base_v) && same_bits(d_detail.values(), detail_v),
-        what + (vec_used ? " (16-byte)" : " (scalar)") + " scatter");
+  check(same_bits(out.base_values(), data.base) && same_bits(out.detail_values(), data.detail),
+        what + how + " scatter");
 }
 
 const std::vector<PatchCase> kPatchCases = {
@@ -383,85 +454,22 @@ const std::vector<PatchCase> kPatchCases = {
       {1, 2, 4, 9, 9, 3, 64},       // p = 3 (runtime patch size), odd sizes: scalar
       {2, 1, 2, 8, 12, 4, 2},       // p = 4
       {1, 16, 16, 8, 56, 2, 64},    // 28 tokens a row
+      {2, 32, 0, 16, 16, 2, 64},    // one latent (patch_embed: D = 0)
+      {3, 5, 0, 6, 10, 2, 8},       // one latent, odd channel count
 };
-
-// f(case, detail_first) for every patch case in both channel orders.
-template <typename F>
-void for_patch_cases(F f) {
-  for (const PatchCase& pc : kPatchCases)
-    for (bool detail_first : {false, true}) f(pc, detail_first);
-}
 
 void test_patch_tile() {
   std::mt19937 rng(3);
-  for_patch_cases([&](const PatchCase& pc, bool df) {
-    patch_tile_case<float>(pc, df, rng);
-    patch_tile_case<c10::Half>(pc, df, rng);
-    patch_tile_case<c10::BFloat16>(pc, df, rng);
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// index_math.h: patch_element, the per-element fallback of the CUDA patch move (int and int64_t).
-template <typename T, typename I>
-void patch_element_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
-  const int64_t HW = pc.H * pc.W;
-  const PatchData<T> data(pc, detail_first, rng);
-  const std::vector<T>& base_v = data.base;
-  const std::vector<T>& detail_v = data.detail;
-  const std::vector<T>& expect = data.A;
-  const std::string what = patch_label("patch_element", type_name<T>(), pc, detail_first) +
-                           (sizeof(I) == 4 ? " int" : " int64");
-  const I total = static_cast<I>(pc.B * (pc.C + pc.D) * HW);
-  std::vector<T> A(expect.size(), T(-99.f)), d_base(base_v.size(), T(-99.f)), d_detail(detail_v.size(), T(-99.f));
-  for (I e = 0; e < total; ++e) {
-    const PatchElement<I> pe = patch_element<I>(e, I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(pc.p), detail_first);
-    A[pe.a] = (pe.is_base ? base_v : detail_v)[pe.source];
-  }
-  check(same_bits(A, expect), what + " gather");
-  for (I e = 0; e < total; ++e) {
-    const PatchElement<I> pe = patch_element<I>(e, I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(pc.p), detail_first);
-    (pe.is_base ? d_base : d_detail)[pe.source] = expect[pe.a];
-  }
-  check(same_bits(d_base, base_v) && same_bits(d_detail, detail_v), what + " scatter");
-}
-
-void test_patch_element() {
-  std::mt19937 rng(4);
-  for_patch_cases([&](const PatchCase& pc, bool df) {
-    patch_element_case<float, int>(pc, df, rng);
-    patch_element_case<c10::BFloat16, int64_t>(pc, df, rng);
-  });
-}
-
-// index_math.h: the tiled forward kernel's gather of A (float32's CUDA forward, and the 16-bit
-// fallback), element (m, k) = column part + token part.
-template <typename T, typename I>
-void patch_columns_case(const PatchCase& pc, bool detail_first, std::mt19937& rng) {
-  const int64_t HW = pc.H * pc.W, p = pc.p, Wp = pc.W / p, T_ = (pc.H / p) * Wp, K = (pc.C + pc.D) * p * p;
-  const PatchData<T> data(pc, detail_first, rng);
-  const std::vector<T>& base_v = data.base;
-  const std::vector<T>& detail_v = data.detail;
-  const std::vector<T>& expect = data.A;
-  std::vector<T> A(expect.size(), T(-99.f));
-  for (int64_t m = 0; m < pc.B * T_; ++m) {
-    const TokenSource<I> ts = patch_token_source<I>(I(m), I(T_), I(Wp), I(pc.W), I(p));
-    for (int64_t k = 0; k < K; ++k) {
-      const ColumnSource<I> cs = patch_column_source<I>(I(k), I(pc.C), I(pc.D), I(pc.H), I(pc.W), I(p), detail_first);
-      const int64_t entry = static_cast<int64_t>(ts.b) * (cs.is_base ? pc.C : pc.D) * HW + cs.offset + ts.offset;
-      A[m * K + k] = (cs.is_base ? base_v : detail_v)[entry];
+  for (const PatchCase& pc : kPatchCases)
+    for (bool detail_first : {false, true}) {
+      if (pc.D == 0 && detail_first) continue;  // one latent has no order
+      for (bool views : {false, true}) {
+        if (pc.D == 0 && views) continue;
+        patch_tile_case<float>(pc, detail_first, views, rng);
+        patch_tile_case<c10::Half>(pc, detail_first, views, rng);
+        patch_tile_case<c10::BFloat16>(pc, detail_first, views, rng);
+      }
     }
-  }
-  check(same_bits(A, expect), patch_label("patch_columns", type_name<T>(), pc, detail_first) +
-                                  (sizeof(I) == 4 ? " int" : " int64"));
-}
-
-void test_patch_columns() {
-  std::mt19937 rng(6);
-  for_patch_cases([&](const PatchCase& pc, bool df) {
-    patch_columns_case<float, int>(pc, df, rng);
-    patch_columns_case<c10::Half, int64_t>(pc, df, rng);
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +542,7 @@ void test_pos_grad() {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::printf("usage: %s divmod|concat|project|align|patch_tile|patch_columns|patch_element|pos_grad\n", argv[0]);
+    std::printf("usage: %s divmod|concat|project|align|patch_tile|pos_grad\n", argv[0]);
     return 2;
   }
   const std::string section = argv[1];
@@ -544,10 +552,6 @@ int main(int argc, char** argv) {
     test_elementwise(section.c_str());
   } else if (section == "patch_tile") {
     test_patch_tile();
-  } else if (section == "patch_columns") {
-    test_patch_columns();
-  } else if (section == "patch_element") {
-    test_patch_element();
   } else if (section == "pos_grad") {
     test_pos_grad();
   } else {

@@ -1,9 +1,9 @@
-// Host-side input validation shared by the CPU and CUDA kernels. Every check raises a Python
-// exception (ValueError for shapes and devices, TypeError for dtypes) whose message names the op,
-// the argument, and the expected and actual shape, dtype or device. These are the validation of
-// every eager call, through davae_ext.ops (which skips its Python checks, davae_ext/_validate.py,
-// unless these reject an input, and then raises the same error in Python's wording) or directly
-// through `torch.ops.davae_ext.*`: never a crash, never a silent wrong answer.
+// Host-side input validation shared by the CPU and CUDA kernels: the validation of every eager
+// call, through davae_ext.ops or directly through `torch.ops.davae_ext.*`. Every check raises a
+// Python exception (ValueError for shapes, values and devices, TypeError for dtypes) whose message
+// names the op, the argument, and the expected and actual shape, dtype (as Python prints it) or
+// device: never a crash, never a silent wrong answer. The fake kernels and the reference check the
+// same things in Python (davae_ext/_validate.py) with the same wording.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +19,7 @@ struct LatentShape {
   int64_t HW() const { return H * W; }
 };
 
+// D = 0: one latent of C channels (patch_embed); else base and detail (detail_patch_embed).
 struct PatchShape {
   int64_t B, C, D, H, W, p, N;
   int64_t Hp() const { return H / p; }
@@ -30,9 +31,6 @@ struct PatchShape {
 
 // base [B, C, H, W] and detail [B, D, H, W], same dtype and device.
 LatentShape check_base_detail(const char* op, const at::Tensor& base, const at::Tensor& detail);
-
-// The gradient of latent_concat: [B, C + D, H, W] with 0 < base_channels < C + D.
-LatentShape check_concat_grad(const at::Tensor& grad, int64_t base_channels);
 
 // detail [B, D, H, W] with D a positive multiple of base_channels.
 LatentShape check_project(const char* op, const at::Tensor& detail, int64_t base_channels);
@@ -56,6 +54,14 @@ PatchShape check_patch_embed(const char* op, const at::Tensor& base, const at::T
 PatchShape check_patch_embed_backward(const at::Tensor& grad, const at::Tensor& base,
                                       const at::Tensor& detail, const at::Tensor& weight,
                                       int64_t patch_size);
+
+// patch_embed's latent [B, C, H, W] and weight [N, C, p, p], bias, pos_embed (a PatchShape with D = 0).
+PatchShape check_latent_patch_embed(const char* op, const at::Tensor& latent, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& pos_embed, int64_t patch_size);
+
+PatchShape check_latent_patch_embed_backward(const at::Tensor& grad, const at::Tensor& latent,
+                                             const at::Tensor& weight, int64_t patch_size);
 
 // Same dtype and device as `ref`.
 void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,

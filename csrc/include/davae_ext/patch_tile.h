@@ -10,7 +10,8 @@
 // patch rows are the contiguous rows m0 .. m0 + nt - 1 of A (m0 = (b * Hp + ty) * Wp + tx0); the
 // buffer holds them with row stride lds >= K. Its source is R = (C + D) * p line segments of
 // nt * p elements: segment r = ch * p + py is line ty * p + py of channel ch of the concatenated
-// latent (index_math.h: channel_source), from x = tx0 * p. Element e of segment r belongs to
+// latent (index_math.h: channel_source; D = 0 is one latent, all base), from x = tx0 * p. The
+// latents are read and written through their strides (planes.h). Element e of segment r belongs to
 // token tx0 + e / p, patch column k = ch * p^2 + py * p + e % p = r * p + e % p.
 //
 //   latent phase: segments <-> buffer. Work item i = v * R + r (r fastest, so neighbouring
@@ -25,6 +26,7 @@
 #include <type_traits>
 
 #include "davae_ext/index_math.h"
+#include "davae_ext/planes.h"
 #include "davae_ext/vec.h"
 
 namespace davae {
@@ -54,17 +56,17 @@ DAVAE_HD PatchTile patch_tile(int64_t tile, const PatchTileArgs& a) {
 // Element e of a segment whose first buffer column is col: its place in the tile buffer.
 DAVAE_HD int tile_buffer_index(int e, int col, int p, int lds) { return (e / p) * lds + col + e % p; }
 
-// P: the patch size when known at compile time (1, 2, 4), else 0 (read from a.p).
-template <bool kScatter, int P, int VEC, typename T>
-DAVAE_HD void patch_tile_latent_phase(T* base, T* detail, T* buf, const PatchTileArgs& a,
+// P: the patch size when known at compile time (1, 2, 4), else 0 (read from a.p). L: T for the
+// scatter (it writes the latents), const T for the gather.
+template <bool kScatter, int P, int VEC, typename T, typename L>
+DAVAE_HD void patch_tile_latent_phase(const Planes<L>& base, const Planes<L>& detail, T* buf, const PatchTileArgs& a,
                                       const PatchTile& t, int first, int step) {
   const int p = P > 0 ? P : static_cast<int>(a.p);
   const int R = static_cast<int>(a.C + a.D) * p;
   const int items = R * (t.nt * p / VEC);
   const int lds = static_cast<int>(a.lds);
-  const int64_t HW = a.H * a.W;
   for (int i0 = first; i0 < items; i0 += step * kTileBatch) {
-    T* seg[kTileBatch];
+    L* seg[kTileBatch];
     int col[kTileBatch], e0[kTileBatch];
     Vec<T, VEC> x[kTileBatch];
 #pragma unroll
@@ -75,7 +77,7 @@ DAVAE_HD void patch_tile_latent_phase(T* base, T* detail, T* buf, const PatchTil
       const int r = i - v * R;
       const int ch = r / p;
       const ChannelSource src = channel_source<int64_t>(ch, a.C, a.D, a.detail_first);
-      T* plane = src.is_base ? base + (t.b * a.C + src.channel) * HW : detail + (t.b * a.D + src.channel) * HW;
+      L* plane = (src.is_base ? base : detail).plane(t.b, src.channel);
       seg[u] = plane + (t.ty * p + (r - ch * p)) * a.W + t.tx0 * p + int64_t{v} * VEC;
       col[u] = r * p;
       e0[u] = v * VEC;
@@ -129,7 +131,8 @@ DAVAE_HD void patch_tile_rows_phase(T* A, T* buf, const PatchTileArgs& a, const 
 
 // The host's plan: tile_tokens (at most max_tokens, and a buffer of at most buffer_bytes), the
 // vector width (16 bytes when every access can be one: W, K and the tile's token span in whole
-// vectors, `aligned` = base, detail and A 16-byte aligned; else 1), and how many tiles.
+// vectors, `aligned` = A and every plane of base and detail 16-byte aligned; else 1), and how
+// many tiles.
 struct PatchTilePlan {
   PatchTileArgs args;
   int vec;

@@ -6,9 +6,11 @@
 // kernels, cpu/*.cpp, copy and reduce whole planes instead.)
 //
 // A vector is VEC consecutive elements of one H x W plane: 16 bytes' worth when every plane is a
-// whole number of them and the pointers are 16-byte aligned, else one element. Vector i of a
-// tensor with `channels` planes per batch entry is vector i % per_plane of plane
-// q = i / per_plane = b * channels + channel. The divisions go through divmod.h.
+// whole number of them and every plane starts 16-byte aligned, else one element. Vector i of a
+// grid over `channels` planes per batch entry is vector `within` = i % per_plane of plane (b, c),
+// b * channels + c = i / per_plane; the divisions go through divmod.h. Inputs are read through
+// their strides (planes.h); the outputs the ops allocate are contiguous, so a grid over the output
+// writes vector i at element i * VEC.
 #pragma once
 
 #include <cstdint>
@@ -16,22 +18,33 @@
 #include "davae_ext/divmod.h"
 #include "davae_ext/host_device.h"
 #include "davae_ext/index_math.h"
+#include "davae_ext/planes.h"
 #include "davae_ext/vec.h"
 
 namespace davae {
+
+template <typename I>
+struct VectorPlace {
+  I b, c, within;
+};
 
 template <typename Div>
 struct PlaneVectors {
   using I = typename Div::index_t;
   Div per_plane;  // vectors per plane
   Div channels;   // planes per batch entry
-  I total;        // vectors in the tensor
+  I total;        // vectors in the grid
 
-  // Vector i -> plane q and the vector's place in it.
-  DAVAE_HD void plane_of(I i, I& q, I& within) const { per_plane.divmod(i, q, within); }
+  DAVAE_HD VectorPlace<I> place(I i) const {
+    VectorPlace<I> v;
+    I q;
+    per_plane.divmod(i, q, v.within);
+    channels.divmod(q, v.b, v.c);
+    return v;
+  }
 };
 
-// The vectors of a [B, channels, H, W] tensor, VEC elements each (HW % VEC == 0). Div must hold
+// The vectors of [B, channels, H, W] planes, VEC elements each (HW % VEC == 0). Div must hold
 // B * channels * HW / VEC (cuda/plane_launch.cuh picks it).
 template <typename Div>
 PlaneVectors<Div> plane_vectors(int64_t B, int64_t channels, int64_t HW, int vec) {
@@ -39,74 +52,55 @@ PlaneVectors<Div> plane_vectors(int64_t B, int64_t channels, int64_t HW, int vec
                            static_cast<typename Div::index_t>(B * channels * HW / vec)};
 }
 
-// Element offset of vector `within` of a plane, in 64 bits: a detail plane's index (q * r + j)
-// and an element index may pass what the divider's index type holds.
-template <int VEC, typename I>
-DAVAE_HD int64_t vector_offset(int64_t plane, I within, I per_plane) {
-  return (plane * per_plane + within) * VEC;
+// The first element of vector `within` of plane (b, c).
+template <int VEC, typename T, typename I>
+DAVAE_HD T* vector_at(const Planes<T>& p, I b, int64_t c, I within) {
+  return p.plane(b, c) + static_cast<int64_t>(within) * VEC;
 }
 
-// Plane j of the detail group of base plane q = b * C + c: b * D + c * r + j = q * r + j (D = r * C,
-// index_math.h: detail_channel).
-template <typename I>
-DAVAE_HD int64_t group_plane(I q, I j, I r) {
-  return static_cast<int64_t>(q) * r + j;
-}
-
-// latent_concat: vector i of the concatenated latent [B, C + D, H, W] from (kSplit = false) or
-// to (kSplit = true) the base or detail vector it belongs to. g: the latent's vectors
-// (channels = C + D).
-template <bool kSplit, int VEC, typename T, typename Div>
-DAVAE_HD void concat_vector(T* latent, T* base, T* detail, const PlaneVectors<Div>& g,
-                            typename Div::index_t i, typename Div::index_t C,
+// latent_concat: vector i of the concatenated latent [B, C + D, H, W] (contiguous) from the base
+// or detail vector it belongs to. g: the latent's vectors (channels = C + D).
+template <int VEC, typename T, typename Div>
+DAVAE_HD void concat_vector(T* latent, const Planes<const T>& base, const Planes<const T>& detail,
+                            const PlaneVectors<Div>& g, typename Div::index_t i, typename Div::index_t C,
                             typename Div::index_t D, bool detail_first) {
   using I = typename Div::index_t;
-  I q, within, b, ch;
-  g.plane_of(i, q, within);
-  g.channels.divmod(q, b, ch);
-  const ChannelSource src = channel_source<I>(ch, C, D, detail_first);
-  const int64_t part_plane = static_cast<int64_t>(b) * (src.is_base ? C : D) + src.channel;
-  T* part = (src.is_base ? base : detail) + vector_offset<VEC>(part_plane, within, static_cast<I>(g.per_plane.d));
-  T* whole = latent + static_cast<int64_t>(i) * VEC;
-  if constexpr (kSplit) {
-    store_vec<VEC>(part, load_vec<VEC>(whole));
-  } else {
-    store_vec<VEC>(whole, load_vec<VEC>(part));
-  }
+  const VectorPlace<I> v = g.place(i);
+  const ChannelSource src = channel_source<I>(v.c, C, D, detail_first);
+  const T* part = vector_at<VEC>(src.is_base ? base : detail, v.b, src.channel, v.within);
+  store_vec<VEC>(latent + static_cast<int64_t>(i) * VEC, load_vec<VEC>(part));
 }
 
-// Proj (Eq. 4) at vector `within` of base plane q: the mean over its group's r detail planes, in
-// float, in order j = 0 .. r - 1.
+// Proj (Eq. 4) at vector `within` of base plane (b, c): the mean over its group's r detail planes
+// (c * r + j, index_math.h: detail_channel), in float, in order j = 0 .. r - 1.
 template <int VEC, typename T, typename I>
-DAVAE_HD void group_mean(const T* detail, I q, I within, I per_plane, I r, float (&acc)[VEC]) {
+DAVAE_HD void group_mean(const Planes<const T>& detail, I b, I c, I within, I r, float (&acc)[VEC]) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
   for (I j = 0; j < r; ++j) {
-    const Vec<T, VEC> v = load_vec<VEC>(detail + vector_offset<VEC>(group_plane(q, j, r), within, per_plane));
+    const Vec<T, VEC> x = load_vec<VEC>(vector_at<VEC>(detail, b, detail_channel<int64_t>(c, j, r), within));
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[k] += static_cast<float>(v.v[k]);
+    for (int k = 0; k < VEC; ++k) acc[k] += static_cast<float>(x.v[k]);
   }
   const float rf = static_cast<float>(r);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) acc[k] /= rf;
 }
 
-// The backward of group_mean's gather: v into vector `within` of each of the r detail planes of
-// base plane q's group.
+// The backward of group_mean's gather: x into vector `within` of each of the r detail planes of
+// base plane (b, c)'s group.
 template <int VEC, typename T, typename I>
-DAVAE_HD void store_to_group(T* d_detail, I q, I within, I per_plane, I r, const Vec<T, VEC>& v) {
-  for (I j = 0; j < r; ++j) store_vec<VEC>(d_detail + vector_offset<VEC>(group_plane(q, j, r), within, per_plane), v);
+DAVAE_HD void store_to_group(const Planes<T>& d_detail, I b, I c, I within, I r, const Vec<T, VEC>& x) {
+  for (I j = 0; j < r; ++j) store_vec<VEC>(vector_at<VEC>(d_detail, b, detail_channel<int64_t>(c, j, r), within), x);
 }
 
 // detail_project forward: vector i of Proj(detail) [B, C, H, W]. g: the output's vectors.
 template <int VEC, typename T, typename Div>
-DAVAE_HD void project_vector(const T* detail, T* out, const PlaneVectors<Div>& g, typename Div::index_t r,
-                             typename Div::index_t i) {
-  using I = typename Div::index_t;
-  I q, within;
-  g.plane_of(i, q, within);
+DAVAE_HD void project_vector(const Planes<const T>& detail, T* out, const PlaneVectors<Div>& g,
+                             typename Div::index_t r, typename Div::index_t i) {
+  const VectorPlace<typename Div::index_t> v = g.place(i);
   float acc[VEC];
-  group_mean<VEC>(detail, q, within, static_cast<I>(g.per_plane.d), r, acc);
+  group_mean<VEC>(detail, v.b, v.c, v.within, r, acc);
   Vec<T, VEC> o;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) o.v[k] = static_cast<T>(acc[k]);
@@ -114,56 +108,51 @@ DAVAE_HD void project_vector(const T* detail, T* out, const PlaneVectors<Div>& g
 }
 
 // detail_project backward: vector i of the gradient [B, C, H, W], divided by r, into each of the
-// r detail vectors of its group.
+// r detail vectors of its group. g: the gradient's vectors.
 template <int VEC, typename T, typename Div>
-DAVAE_HD void project_backward_vector(const T* grad, T* d_detail, const PlaneVectors<Div>& g,
-                                      typename Div::index_t r, typename Div::index_t i) {
-  using I = typename Div::index_t;
-  I q, within;
-  g.plane_of(i, q, within);
-  const Vec<T, VEC> gv = load_vec<VEC>(grad + static_cast<int64_t>(i) * VEC);
+DAVAE_HD void project_backward_vector(const Planes<const T>& grad, const Planes<T>& d_detail,
+                                      const PlaneVectors<Div>& g, typename Div::index_t r,
+                                      typename Div::index_t i) {
+  const VectorPlace<typename Div::index_t> v = g.place(i);
+  const Vec<T, VEC> gv = load_vec<VEC>(vector_at<VEC>(grad, v.b, v.c, v.within));
   const float inv_r = 1.f / static_cast<float>(r);
   Vec<T, VEC> o;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) o.v[k] = static_cast<T>(static_cast<float>(gv.v[k]) * inv_r);
-  store_to_group<VEC>(d_detail, q, within, static_cast<I>(g.per_plane.d), r, o);
+  store_to_group<VEC>(d_detail, v.b, v.c, v.within, r, o);
 }
 
-// detail_align_loss: diff = Proj(detail) - base at vector i of base [B, C, H, W], which is vector
-// `within` of plane q, in float.
+// detail_align_loss: diff = Proj(detail) - base at vector `within` of base plane (b, c), in float.
 template <int VEC, typename T, typename I>
-DAVAE_HD void align_diff_at(const T* detail, const T* base, I q, I within, I per_plane, I r, I i, float (&diff)[VEC]) {
-  group_mean<VEC>(detail, q, within, per_plane, r, diff);
-  const Vec<T, VEC> z = load_vec<VEC>(base + static_cast<int64_t>(i) * VEC);
+DAVAE_HD void align_diff_at(const Planes<const T>& detail, const Planes<const T>& base, const VectorPlace<I>& v, I r,
+                            float (&diff)[VEC]) {
+  group_mean<VEC>(detail, v.b, v.c, v.within, r, diff);
+  const Vec<T, VEC> z = load_vec<VEC>(vector_at<VEC>(base, v.b, v.c, v.within));
 #pragma unroll
   for (int k = 0; k < VEC; ++k) diff[k] -= static_cast<float>(z.v[k]);
 }
 
+// The same at vector i of the grid over base's planes.
 template <int VEC, typename T, typename Div>
-DAVAE_HD void align_diff(const T* detail, const T* base, const PlaneVectors<Div>& g, typename Div::index_t r,
-                         typename Div::index_t i, float (&diff)[VEC]) {
-  using I = typename Div::index_t;
-  I q, within;
-  g.plane_of(i, q, within);
-  align_diff_at<VEC>(detail, base, q, within, static_cast<I>(g.per_plane.d), r, i, diff);
+DAVAE_HD void align_diff(const Planes<const T>& detail, const Planes<const T>& base, const PlaneVectors<Div>& g,
+                         typename Div::index_t r, typename Div::index_t i, float (&diff)[VEC]) {
+  align_diff_at<VEC>(detail, base, g.place(i), r, diff);
 }
 
 // detail_align_loss backward at vector i: with d = scale * grad * diff (scale = 2, or 2 / n for
-// the mean; grad per element when `grad` is given, reduction none, else the scalar g0),
-// d_base = -d and each of the r detail vectors of the group gets d / r.
+// the mean; grad per element when grad.data is given, reduction none, else the scalar g0),
+// d_base = -d (contiguous, vector i) and each of the r detail vectors of the group gets d / r.
 template <int VEC, typename T, typename Div>
-DAVAE_HD void align_loss_backward_vector(const T* grad, float g0, float scale, const T* detail, const T* base,
-                                         T* d_detail, T* d_base, const PlaneVectors<Div>& g,
+DAVAE_HD void align_loss_backward_vector(const Planes<const T>& grad, float g0, float scale,
+                                         const Planes<const T>& detail, const Planes<const T>& base,
+                                         const Planes<T>& d_detail, T* d_base, const PlaneVectors<Div>& g,
                                          typename Div::index_t r, typename Div::index_t i) {
-  using I = typename Div::index_t;
-  const I per_plane = static_cast<I>(g.per_plane.d);
-  I q, within;
-  g.plane_of(i, q, within);
+  const VectorPlace<typename Div::index_t> v = g.place(i);
   float diff[VEC];
-  align_diff_at<VEC>(detail, base, q, within, per_plane, r, i, diff);
+  align_diff_at<VEC>(detail, base, v, r, diff);
   float gk[VEC];
-  if (grad != nullptr) {
-    const Vec<T, VEC> gv = load_vec<VEC>(grad + static_cast<int64_t>(i) * VEC);
+  if (grad.data != nullptr) {
+    const Vec<T, VEC> gv = load_vec<VEC>(vector_at<VEC>(grad, v.b, v.c, v.within));
 #pragma unroll
     for (int k = 0; k < VEC; ++k) gk[k] = static_cast<float>(gv.v[k]);
   } else {
@@ -179,7 +168,7 @@ DAVAE_HD void align_loss_backward_vector(const T* grad, float g0, float scale, c
     dd.v[k] = static_cast<T>(d_proj * inv_r);
   }
   store_vec<VEC>(d_base + static_cast<int64_t>(i) * VEC, db);
-  store_to_group<VEC>(d_detail, q, within, per_plane, r, dd);
+  store_to_group<VEC>(d_detail, v.b, v.c, v.within, r, dd);
 }
 
 }  // namespace davae

@@ -38,10 +38,12 @@ class DetailPatchEmbed(nn.Module):
     calls it; ``forward(base, detail)`` takes the two parts, so the concatenation never exists.
     Returns ``(B, (H / p) * (W / p), embed_dim)``.
 
-    fused=True runs :func:`davae_ext.ops.detail_patch_embed` (one GEMM with the bias and
-    positional embedding in its epilogue); fused=False runs plain PyTorch as two convolutions, one
-    per part, added (with a zero detail slice this equals the pretrained ``PatchEmbed`` bit for
-    bit). The two agree to floating-point rounding.
+    fused=True runs :func:`davae_ext.ops.patch_embed` on the latent (or
+    :func:`davae_ext.ops.detail_patch_embed` on the two parts): one gather read in place and one
+    GEMM with the bias and positional embedding in its epilogue, and, backward, one latent gradient
+    written once; fused=False runs plain PyTorch as two convolutions, one per part, added (with a
+    zero detail slice this equals the pretrained ``PatchEmbed`` bit for bit). The two agree to
+    floating-point rounding.
     """
 
     def __init__(
@@ -132,13 +134,16 @@ class DetailPatchEmbed(nn.Module):
         return new
 
     # -- forward ----------------------------------------------------------------------------------
-    def _split(self, latent: torch.Tensor):
+    def _check_latent(self, latent: torch.Tensor) -> None:
         C, D = self.base_channels, self.detail_channels
         if latent.dim() != 4 or latent.shape[1] != C + D:
             raise ValueError(
                 f"DetailPatchEmbed: the latent must have shape [B, {C + D}, H, W] (C={C} base + D={D} detail "
                 f"channels), got {list(latent.shape)}"
             )
+
+    def _split(self, latent: torch.Tensor):
+        C, D = self.base_channels, self.detail_channels
         if self.order == "detail_first":
             return latent[:, D:], latent[:, :D]
         return latent[:, :C], latent[:, C:]
@@ -201,24 +206,27 @@ class DetailPatchEmbed(nn.Module):
 
     def forward(self, latent: torch.Tensor, detail: Optional[torch.Tensor] = None) -> torch.Tensor:
         if detail is None:
-            base, detail = self._split(latent)
+            self._check_latent(latent)
+            base = None
         else:
             base = latent
             for name, t, n in (("base", base, self.base_channels), ("detail", detail, self.detail_channels)):
                 if t.dim() != 4 or t.shape[1] != n:
                     raise ValueError(f"DetailPatchEmbed: '{name}' must have shape [B, {n}, H, W], got {list(t.shape)}")
-        height, width = base.shape[-2:]
+        height, width = latent.shape[-2:]
         bias = self.proj.bias
         if self.fused:
-            dtype = base.dtype
+            dtype = latent.dtype
             # Under autocast the op computes in the autocast dtype: the cached table in that dtype
             # saves the op a cast of T x N values per call (the weight's cast it caches itself).
-            pos = self._pos_for(height, width, base.device, _compute_dtype(base))
-            return ops.detail_patch_embed(
-                base, detail, self.proj.weight.to(dtype), None if bias is None else bias.to(dtype), pos,
-                self.patch_size, self.order,
-            )
-        pos = self._pos_for(height, width, base.device)
+            pos = self._pos_for(height, width, latent.device, _compute_dtype(latent))
+            weight, bias = self.proj.weight.to(dtype), None if bias is None else bias.to(dtype)
+            if base is None:  # one latent: read in place, its gradient written as one tensor
+                return ops.patch_embed(latent, weight, bias, pos, self.patch_size)
+            return ops.detail_patch_embed(base, detail, weight, bias, pos, self.patch_size, self.order)
+        if base is None:
+            base, detail = self._split(latent)
+        pos = self._pos_for(height, width, latent.device)
         w_base, w_detail = self._weights()
         x = F.conv2d(base, w_base, bias, stride=self.patch_size) + F.conv2d(detail, w_detail, None, stride=self.patch_size)
         x = x.flatten(2).transpose(1, 2)
