@@ -1,8 +1,11 @@
-"""detail_patch_embed: fused vs eager reference vs torch.compile(reference) vs reshape+addmm (the
-best eager formulation, as vLLM/SGLang do) vs the op's bare GEMMs (the floor)."""
+"""The patch embeds: fused vs eager reference vs torch.compile(reference) vs reshape+addmm (the
+best eager formulation, as vLLM/SGLang do) vs the op's bare GEMMs on pre-packed operands (the
+floor), and, on the path users run, DetailPatchEmbed on one concatenated latent against the same
+module unfused and diffusers' PatchEmbed on the widened convolution.
 
-import contextlib
-import os
+Ratios (the other provider's time / the fused one's, so below 1 means the fused op is slower) are
+in each benchmark's extra_info (fused_speedup) and in the summary printed at the end of the run
+(bench/conftest.py)."""
 
 import pytest
 import torch
@@ -10,21 +13,7 @@ import torch
 from davae_ext import ops, reference
 from common import DIRECTIONS, case_id, compiled, devices_and_shapes, time_direction
 
-# fused: the op (CUDA 16-bit: gather + one cuBLASLt GEMM with the epilogue). CUDA only, the op with
-# one of its paths switched off by the variable it reads on every call (ENV_PROVIDERS):
-#   fused_tiled: DAVAE_PATCH_EMBED_LT=0, the single tiled WMMA kernel forward and, backward, at::mm
-#                plus the d_pos/d_bias pass instead of the cuBLASLt weight+bias GEMM;
-#   fused_element_move: DAVAE_PATCH_TILE_MOVE=0, the per-element gather / scatter kernel instead of
-#                the shared-memory tile kernel (patch_tile.h) around the GEMMs;
-# and one with a path switched on that is off by default:
-#   fused_pos_chunked, fused_pos_chunked_8mib: DAVAE_PATCH_EMBED_POS_CHUNK=4 or 8 MiB, the forward's
-#                GEMM per chunk of tokens whose positional-embedding slice stays in L2 for every batch
-#                entry (chunks only at 2048 px: 4 of 1024 tokens, or 2 of 2048 with fewer partial waves).
-POS_CHUNK_BYTES = {"fused_pos_chunked": 4 << 20, "fused_pos_chunked_8mib": 8 << 20}
-ENV_PROVIDERS = {"fused_tiled": {"DAVAE_PATCH_EMBED_LT": "0"},
-                 "fused_element_move": {"DAVAE_PATCH_TILE_MOVE": "0"},
-                 **{name: {"DAVAE_PATCH_EMBED_POS_CHUNK": str(b)} for name, b in POS_CHUNK_BYTES.items()}}
-PROVIDERS = ["fused", *ENV_PROVIDERS, "eager", "compile", "reshape_addmm", "bare_gemm"]
+PROVIDERS = ["fused", "eager", "compile", "reshape_addmm", "bare_gemm"]
 
 
 def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
@@ -35,21 +24,6 @@ def reshape_addmm(base, detail, weight, bias, pos_embed, patch_size, order):
     rows = x.view(B, CD, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, CD * p * p)
     out = torch.addmm(bias, rows, weight.view(weight.shape[0], -1).t())
     return out.view(B, -1, weight.shape[0]) + pos_embed
-
-
-@contextlib.contextmanager
-def env_vars(values: dict[str, str]):
-    """Set these environment variables for the duration (the CUDA op reads them on every call)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
 
 
 def make_inputs(device, dtype, s, requires_grad, only_weight_bias=False):
@@ -78,14 +52,16 @@ def counts(s, elem, direction):
 
 
 def bare_gemm(device, dtype, s, direction):
-    """The GEMMs of the op alone on pre-packed operands: out = A W^T; dA = dOut W; dW = dOut^T A."""
+    """The GEMMs of the op alone on pre-packed operands: out = A W^T; dA = dOut W; dW = dOut^T A;
+    fine-tuning's backward ("finetune_bwd") is dW alone."""
     A = torch.randn(s.M, s.K, device=device, dtype=dtype)
     Wt = torch.randn(s.hidden, s.K, device=device, dtype=dtype).t()
     dout = torch.randn(s.M, s.hidden, device=device, dtype=dtype)
     fwd = lambda: torch.mm(A, Wt)  # noqa: E731
     W = Wt.t()
     bwd = lambda: (torch.mm(dout, W), torch.mm(dout.t(), A))  # noqa: E731
-    return {"fwd": fwd, "bwd": bwd, "fwdbwd": lambda: (fwd(), bwd())}[direction]
+    return {"fwd": fwd, "bwd": bwd, "fwdbwd": lambda: (fwd(), bwd()),
+            "finetune_bwd": lambda: torch.mm(dout.t(), A)}[direction]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -95,15 +71,6 @@ def bench_patch_embed(benchmark, case, direction, provider):
     device, dtype, s = case
     benchmark.group = f"patch_embed-{direction}-{case_id(case)}"
     nbytes, flops = counts(s, torch.finfo(dtype).bits // 8, direction)
-    if provider in ENV_PROVIDERS:
-        if device != "cuda":
-            pytest.skip(f"{provider} switches off one of the CUDA op's paths")
-        chunk = POS_CHUNK_BYTES.get(provider)
-        if chunk and (direction != "fwd" or s.T * s.hidden * 2 <= chunk):
-            pytest.skip(f"the positional chunks are the forward's, and need pos over {chunk >> 20} MiB")
-        with env_vars(ENV_PROVIDERS[provider]):
-            time_direction(benchmark, device, ops.detail_patch_embed, make_inputs(device, dtype, s, direction != "fwd"), direction, nbytes, flops)
-        return
     if provider == "bare_gemm":
         fn = bare_gemm(device, dtype, s, direction)
         time_direction(benchmark, device, lambda: fn(), [], "fwd", nbytes, flops)
@@ -114,20 +81,67 @@ def bench_patch_embed(benchmark, case, direction, provider):
                    direction, nbytes, flops)
 
 
-@pytest.mark.parametrize("provider", ["fused", "fused_tiled", "fused_element_move", "eager", "reshape_addmm"])
+@pytest.mark.parametrize("provider", ["fused", "eager", "reshape_addmm", "bare_gemm"])
 @pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
 def bench_patch_embed_finetune_bwd(benchmark, case, provider):
     """The backward of fine-tuning: gradients for weight and bias only (frozen latents, pos_embed
     a buffer). On CUDA in 16 bits the fused op gets both from one cuBLASLt GEMM (BGRADB epilogue):
-    dOut read once; fused_tiled (DAVAE_PATCH_EMBED_LT=0) is at::mm plus the d_bias pass."""
+    dOut read once. bare_gemm: the d_weight GEMM alone."""
     device, dtype, s = case
-    if provider in ENV_PROVIDERS and device != "cuda":
-        pytest.skip(f"{provider} switches off one of the CUDA op's paths")
     benchmark.group = f"patch_embed-finetune_bwd-{case_id(case)}"
     elem = torch.finfo(dtype).bits // 8
     nbytes = elem * (s.M * s.hidden + s.M * s.K + s.hidden * s.K + s.hidden)  # dOut, latents, dW, d_bias
-    forward = reference.detail_patch_embed if provider == "eager" else (
-        reshape_addmm if provider == "reshape_addmm" else ops.detail_patch_embed)
-    inputs = make_inputs(device, dtype, s, True, only_weight_bias=True)
-    with env_vars(ENV_PROVIDERS.get(provider, {})):
-        time_direction(benchmark, device, forward, inputs, "bwd", nbytes, 2 * s.M * s.hidden * s.K)
+    flops = 2 * s.M * s.hidden * s.K
+    if provider == "bare_gemm":
+        fn = bare_gemm(device, dtype, s, "finetune_bwd")
+        time_direction(benchmark, device, lambda: fn(), [], "fwd", nbytes, flops)
+        return
+    forward = {"fused": ops.detail_patch_embed, "eager": reference.detail_patch_embed,
+               "reshape_addmm": reshape_addmm}[provider]
+    time_direction(benchmark, device, forward, make_inputs(device, dtype, s, True, only_weight_bias=True), "bwd",
+                   nbytes, flops)
+
+
+# -- the path users run: the embedder module on one concatenated latent --------------------------
+MODULE_PROVIDERS = ["fused", "plain", "diffusers"]
+
+
+def latent_embedder(provider, s, device, dtype):
+    """The patch embedder of a DA-VAE SD3 transformer, SD3-style (a cropped sin-cos table):
+    fused: DetailPatchEmbed(fused=True) (ops.patch_embed, in place); plain: the same module with
+    fused=False (two convolutions, added); diffusers: PatchEmbed on the widened C + D channels."""
+    from diffusers.models.embeddings import PatchEmbed
+
+    from davae_ext.nn import DetailPatchEmbed
+
+    torch.manual_seed(0)
+    grid = max(s.H, s.W) // s.p
+    kwargs = dict(height=s.H, width=s.W, patch_size=s.p, embed_dim=s.hidden, pos_embed_max_size=grid)
+    if provider == "diffusers":
+        module = PatchEmbed(in_channels=s.C + s.D, **kwargs)
+    else:
+        module = DetailPatchEmbed(base_channels=s.C, detail_channels=s.D, fused=provider == "fused", **kwargs)
+    return module.to(device, dtype)
+
+
+LATENT_DIRECTIONS = ["fwd", "finetune_bwd", "fwdbwd"]
+
+
+@pytest.mark.parametrize("provider", MODULE_PROVIDERS)
+@pytest.mark.parametrize("direction", LATENT_DIRECTIONS)
+@pytest.mark.parametrize("case", devices_and_shapes(), ids=case_id)
+def bench_patch_embed_module(benchmark, case, direction, provider):
+    """fwd: the forward; finetune_bwd: the backward into weight and bias (frozen latent, as in
+    fine-tuning); fwdbwd: forward and backward into the latent, weight and bias."""
+    pytest.importorskip("diffusers")
+    device, dtype, s = case
+    benchmark.group = f"patch_embed_module-{direction}-{case_id(case)}"
+    module = latent_embedder(provider, s, device, dtype)
+    latent = torch.randn(s.B, s.C + s.D, s.H, s.W, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    latent.requires_grad_(direction == "fwdbwd")
+    params = [module.proj.weight, module.proj.bias]
+    for p in params:
+        p.requires_grad_(direction != "fwd")
+    nbytes, flops = counts(s, torch.finfo(dtype).bits // 8, "fwd" if direction == "fwd" else "fwdbwd")
+    time_direction(benchmark, device, lambda x, *_: module(x), [latent, *params],
+                   "fwd" if direction == "fwd" else ("bwd" if direction == "finetune_bwd" else "fwdbwd"), nbytes, flops)

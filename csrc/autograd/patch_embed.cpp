@@ -55,16 +55,24 @@ void save_epilogue(AutogradContext* ctx, const OptTensor& bias, const OptTensor&
 
 // Which of (weight, bias, pos_embed) need a gradient, for a forward whose weight is tensor input
 // `weight_edge`: needs_input_grad counts tensor inputs only, so a None bias shifts pos_embed's edge.
+// With one batch entry d_pos_embed is dOut itself (the sum over a batch of one), which autograd
+// takes as it is, as it does for eager broadcasting: `pos_is_grad`, and the kernel is not asked.
 struct ParamGrads {
-  bool weight, bias, pos;
+  bool weight, bias, pos, pos_is_grad;
 };
 
-ParamGrads param_grads(AutogradContext* ctx, size_t weight_edge) {
+ParamGrads param_grads(AutogradContext* ctx, size_t weight_edge, int64_t batch) {
   const bool has_bias = ctx->saved_data["has_bias"].toBool();
   const bool has_pos = ctx->saved_data["has_pos"].toBool();
   const size_t pos_edge = has_bias ? weight_edge + 2 : weight_edge + 1;
-  return {ctx->needs_input_grad(weight_edge), has_bias && ctx->needs_input_grad(weight_edge + 1),
-          has_pos && ctx->needs_input_grad(pos_edge)};
+  const bool pos = has_pos && ctx->needs_input_grad(pos_edge);
+  return {ctx->needs_input_grad(weight_edge), has_bias && ctx->needs_input_grad(weight_edge + 1), pos && batch != 1,
+          pos && batch == 1};
+}
+
+// d_pos_embed: the kernel's, or dOut itself for a batch of one.
+at::Tensor pos_grad(const ParamGrads& p, const at::Tensor& from_kernel, const at::Tensor& grad) {
+  return p.pos_is_grad ? grad : (p.pos ? from_kernel : at::Tensor());
 }
 
 class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
@@ -87,14 +95,14 @@ class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const bool need_base = ctx->needs_input_grad(0), need_detail = ctx->needs_input_grad(1);
-    const ParamGrads p = param_grads(ctx, 2);
+    const ParamGrads p = param_grads(ctx, 2, saved[0].size(0));
     const Mask mask{need_base || need_detail, p.weight, p.bias, p.pos};
     const variable_list d = DetailPatchEmbedBackward::apply(grads[0], saved[0], saved[1], saved[2],
                                                             ctx->saved_data["patch_size"].toInt(),
                                                             ctx->saved_data["detail_first"].toBool(), mask);
     return {need_base ? d[0] : at::Tensor(), need_detail ? d[1] : at::Tensor(),
             p.weight ? d[2] : at::Tensor(),  p.bias ? d[3] : at::Tensor(),
-            p.pos ? d[4] : at::Tensor(),     at::Tensor(),
+            pos_grad(p, d[4], grads[0]),     at::Tensor(),
             at::Tensor()};
   }
 };
@@ -116,12 +124,12 @@ class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const bool need_latent = ctx->needs_input_grad(0);
-    const ParamGrads p = param_grads(ctx, 1);
+    const ParamGrads p = param_grads(ctx, 1, saved[0].size(0));
     const variable_list d = PatchEmbedBackward::apply(grads[0], saved[0], saved[1],
                                                       ctx->saved_data["patch_size"].toInt(),
                                                       Mask{need_latent, p.weight, p.bias, p.pos});
     return {need_latent ? d[0] : at::Tensor(), p.weight ? d[1] : at::Tensor(), p.bias ? d[2] : at::Tensor(),
-            p.pos ? d[3] : at::Tensor(), at::Tensor()};
+            pos_grad(p, d[3], grads[0]), at::Tensor()};
   }
 };
 

@@ -7,7 +7,7 @@
 // (addmm_, beta = 1).
 // Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail or d_latent
 // (patches do not overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed
-// rows); d_pos_embed = sum over the batch of dOut, and d_bias = sum over tokens of d_pos_embed.
+// rows); d_pos_embed = the sum of dOut over the batch, d_bias over all its rows.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#include <vector>
 
 #include "davae_ext/patch_embed_ops.h"
 #include "davae_ext/patch_tile.h"
@@ -135,7 +134,6 @@ struct CpuPatchEmbed {
     at::Tensor d_base = none(), d_detail = none(), d_weight = none(), d_bias = none(), d_pos = none();
 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(), "patch_embed_backward_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
       if (need_input) {
         at::Tensor dA = at::mm(g, w);
         d_base = at::empty({s.B, s.C, s.H, s.W}, base.options());
@@ -148,36 +146,11 @@ struct CpuPatchEmbed {
         d_weight = at::mm(g.t(), gather_patches<scalar_t>(base, detail, s, detail_first))
                        .view({N, s.C + s.D, s.p, s.p});
       }
-      if (need_bias || need_pos) {
-        // d_pos[t] = sum_b dOut[b, t] (accumulated in opmath), then d_bias = sum_t d_pos[t].
-        const scalar_t* gp = g.const_data_ptr<scalar_t>();
-        at::Tensor pos_acc = at::empty({T, N}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        acc_t* pa = pos_acc.data_ptr<acc_t>();
-        at::parallel_for(0, T, grain_for(N * s.B), [&](int64_t t0, int64_t t1) {
-          for (int64_t t = t0; t < t1; ++t) {
-            acc_t* row = pa + t * N;
-            for (int64_t n = 0; n < N; ++n) row[n] = s.B > 0 ? static_cast<acc_t>(gp[t * N + n]) : acc_t(0);
-            for (int64_t bb = 1; bb < s.B; ++bb) {
-              const scalar_t* src = gp + (bb * T + t) * N;
-              for (int64_t n = 0; n < N; ++n) row[n] += static_cast<acc_t>(src[n]);
-            }
-          }
-        });
-        if (need_pos) d_pos = pos_acc.to(grad.scalar_type()).view({1, T, N});
-        if (need_bias) {
-          d_bias = at::empty({N}, grad.options());
-          scalar_t* dbias = d_bias.data_ptr<scalar_t>();
-          at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
-            std::vector<acc_t> acc(static_cast<size_t>(n1 - n0), acc_t(0));
-            for (int64_t t = 0; t < T; ++t) {
-              const acc_t* row = pa + t * N + n0;
-              for (int64_t n = 0; n < n1 - n0; ++n) acc[n] += row[n];
-            }
-            for (int64_t n = n0; n < n1; ++n) dbias[n] = static_cast<scalar_t>(acc[n - n0]);
-          });
-        }
-      }
     });
+    // d_pos = the sum of dOut over the batch, d_bias over all its rows: ATen's reductions (float
+    // accumulation for 16-bit inputs), one read of dOut each.
+    if (need_pos) d_pos = at::sum(g.view({s.B, T, N}), {0}, /*keepdim=*/true);
+    if (need_bias) d_bias = at::sum(g, {0});
     return {d_base, d_detail, d_weight, d_bias, d_pos};
   }
 };
