@@ -14,6 +14,8 @@
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
 
+#include <optional>
+
 namespace davae::autograd {
 
 using torch::autograd::AutogradContext;
@@ -33,8 +35,25 @@ c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
                               "higher-order gradients");
 }
 
+// Whether a call records a graph: grad mode is on and one of its tensors requires grad. When not
+// (inference, a frozen input, any backward without create_graph), the ops skip their Function:
+// no context, no saved tensors, no node, only the kernel (a few microseconds of host time, which
+// is the whole cost of these ops at small sizes).
+inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
+template <typename T>
+bool requires_grad(const T&) {  // ints, bools, masks
+  return false;
+}
+
+template <typename... Args>
+bool records_graph(const Args&... args) {
+  return at::GradMode::is_enabled() && (requires_grad(args) || ...);
+}
+
 // A backward op as an autograd Function: runs Op::call below autograd; its backward raises.
 // Op: { static constexpr const char* kName; static variable_list call(args...); }.
+// run(args...) is the entry point: the Function only when the call records a graph.
 template <typename Op>
 class BackwardOpFunction : public torch::autograd::Function<BackwardOpFunction<Op>> {
  public:
@@ -45,6 +64,13 @@ class BackwardOpFunction : public torch::autograd::Function<BackwardOpFunction<O
     return Op::call(args...);
   }
   static variable_list backward(AutogradContext*, variable_list) { no_double_backward(Op::kName); }
+
+  template <typename... Args>
+  static variable_list run(const Args&... args) {
+    if (records_graph(args...)) return BackwardOpFunction::apply(args...);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return Op::call(args...);
+  }
 };
 
 }  // namespace davae::autograd

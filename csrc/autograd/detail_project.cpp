@@ -16,26 +16,31 @@ struct ProjectBackwardOp {
 };
 using ProjectBackward = BackwardOpFunction<ProjectBackwardOp>;
 
+at::Tensor project_below_autograd(const at::Tensor& detail, int64_t base_channels) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>("davae_ext::detail_project");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(detail, base_channels);
+}
+
 class DetailProject : public torch::autograd::Function<DetailProject> {
  public:
   static constexpr bool is_traceable = true;  // compiled autograd traces the backward
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& detail, int64_t base_channels) {
     ctx->saved_data["detail_channels"] = detail.dim() > 1 ? detail.size(1) : int64_t{0};
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>("davae_ext::detail_project");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(detail, base_channels);
+    return project_below_autograd(detail, base_channels);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {ProjectBackward::apply(grads[0], ctx->saved_data["detail_channels"].toInt())[0], at::Tensor()};
+    return {ProjectBackward::run(grads[0], ctx->saved_data["detail_channels"].toInt())[0], at::Tensor()};
   }
 };
 
 at::Tensor detail_project_autograd(const at::Tensor& detail, int64_t base_channels) {
+  if (!records_graph(detail)) return project_below_autograd(detail, base_channels);
   return DetailProject::apply(detail, base_channels);
 }
 
 at::Tensor detail_project_backward_autograd(const at::Tensor& grad, int64_t detail_channels) {
-  return ProjectBackward::apply(grad, detail_channels)[0];
+  return ProjectBackward::run(grad, detail_channels)[0];
 }
 
 }  // namespace

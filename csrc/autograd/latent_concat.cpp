@@ -8,6 +8,13 @@
 namespace davae::autograd {
 namespace {
 
+at::Tensor concat_below_autograd(const at::Tensor& base, const at::Tensor& detail, bool detail_first) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, bool)>("davae_ext::latent_concat");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(base, detail, detail_first);
+}
+
 class LatentConcat : public torch::autograd::Function<LatentConcat> {
  public:
   static constexpr bool is_traceable = true;  // compiled autograd traces the backward
@@ -17,10 +24,7 @@ class LatentConcat : public torch::autograd::Function<LatentConcat> {
     ctx->saved_data["base_channels"] = base.dim() > 1 ? base.size(1) : int64_t{0};
     ctx->saved_data["detail_channels"] = detail.dim() > 1 ? detail.size(1) : int64_t{0};
     ctx->saved_data["detail_first"] = detail_first;
-    static const auto op =
-        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, bool)>("davae_ext::latent_concat");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(base, detail, detail_first);
+    return concat_below_autograd(base, detail, detail_first);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const int64_t C = ctx->saved_data["base_channels"].toInt();
@@ -32,6 +36,7 @@ class LatentConcat : public torch::autograd::Function<LatentConcat> {
 };
 
 at::Tensor latent_concat_autograd(const at::Tensor& base, const at::Tensor& detail, bool detail_first) {
+  if (!records_graph(base, detail)) return concat_below_autograd(base, detail, detail_first);
   return LatentConcat::apply(base, detail, detail_first);
 }
 

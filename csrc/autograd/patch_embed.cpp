@@ -75,6 +75,24 @@ at::Tensor pos_grad(const ParamGrads& p, const at::Tensor& from_kernel, const at
   return p.pos_is_grad ? grad : (p.pos ? from_kernel : at::Tensor());
 }
 
+at::Tensor detail_patch_embed_below_autograd(const at::Tensor& base, const at::Tensor& detail,
+                                             const at::Tensor& weight, const OptTensor& bias,
+                                             const OptTensor& pos_embed, int64_t patch_size, bool detail_first) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const OptTensor&, const OptTensor&, int64_t, bool)>(
+      "davae_ext::detail_patch_embed");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(base, detail, weight, bias, pos_embed, patch_size, detail_first);
+}
+
+at::Tensor patch_embed_below_autograd(const at::Tensor& latent, const at::Tensor& weight, const OptTensor& bias,
+                                      const OptTensor& pos_embed, int64_t patch_size) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                              const OptTensor&, int64_t)>("davae_ext::patch_embed");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(latent, weight, bias, pos_embed, patch_size);
+}
+
 class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
  public:
   static constexpr bool is_traceable = true;  // compiled autograd traces the backward
@@ -85,11 +103,7 @@ class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
     ctx->saved_data["patch_size"] = patch_size;
     ctx->saved_data["detail_first"] = detail_first;
     save_epilogue(ctx, bias, pos_embed);
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const OptTensor&, const OptTensor&, int64_t, bool)>(
-        "davae_ext::detail_patch_embed");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(base, detail, weight, bias, pos_embed, patch_size, detail_first);
+    return detail_patch_embed_below_autograd(base, detail, weight, bias, pos_embed, patch_size, detail_first);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -97,7 +111,7 @@ class DetailPatchEmbed : public torch::autograd::Function<DetailPatchEmbed> {
     const bool need_base = ctx->needs_input_grad(0), need_detail = ctx->needs_input_grad(1);
     const ParamGrads p = param_grads(ctx, 2, saved[0].size(0));
     const Mask mask{need_base || need_detail, p.weight, p.bias, p.pos};
-    const variable_list d = DetailPatchEmbedBackward::apply(grads[0], saved[0], saved[1], saved[2],
+    const variable_list d = DetailPatchEmbedBackward::run(grads[0], saved[0], saved[1], saved[2],
                                                             ctx->saved_data["patch_size"].toInt(),
                                                             ctx->saved_data["detail_first"].toBool(), mask);
     return {need_base ? d[0] : at::Tensor(), need_detail ? d[1] : at::Tensor(),
@@ -115,17 +129,14 @@ class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
     ctx->save_for_backward({latent, weight});
     ctx->saved_data["patch_size"] = patch_size;
     save_epilogue(ctx, bias, pos_embed);
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                const OptTensor&, int64_t)>("davae_ext::patch_embed");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(latent, weight, bias, pos_embed, patch_size);
+    return patch_embed_below_autograd(latent, weight, bias, pos_embed, patch_size);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const bool need_latent = ctx->needs_input_grad(0);
     const ParamGrads p = param_grads(ctx, 1, saved[0].size(0));
-    const variable_list d = PatchEmbedBackward::apply(grads[0], saved[0], saved[1],
+    const variable_list d = PatchEmbedBackward::run(grads[0], saved[0], saved[1],
                                                       ctx->saved_data["patch_size"].toInt(),
                                                       Mask{need_latent, p.weight, p.bias, p.pos});
     return {need_latent ? d[0] : at::Tensor(), p.weight ? d[1] : at::Tensor(), p.bias ? d[2] : at::Tensor(),
@@ -136,6 +147,8 @@ class PatchEmbed : public torch::autograd::Function<PatchEmbed> {
 at::Tensor detail_patch_embed_autograd(const at::Tensor& base, const at::Tensor& detail, const at::Tensor& weight,
                                        const OptTensor& bias, const OptTensor& pos_embed, int64_t patch_size,
                                        bool detail_first) {
+  if (!records_graph(base, detail, weight, bias, pos_embed))
+    return detail_patch_embed_below_autograd(base, detail, weight, bias, pos_embed, patch_size, detail_first);
   return DetailPatchEmbed::apply(base, detail, weight, bias, pos_embed, patch_size, detail_first);
 }
 
@@ -143,18 +156,20 @@ Grads5 detail_patch_embed_backward_autograd(const at::Tensor& grad, const at::Te
                                             const at::Tensor& weight, int64_t patch_size, bool detail_first,
                                             Mask output_mask) {
   const variable_list d =
-      DetailPatchEmbedBackward::apply(grad, base, detail, weight, patch_size, detail_first, output_mask);
+      DetailPatchEmbedBackward::run(grad, base, detail, weight, patch_size, detail_first, output_mask);
   return {d[0], d[1], d[2], d[3], d[4]};
 }
 
 at::Tensor patch_embed_autograd(const at::Tensor& latent, const at::Tensor& weight, const OptTensor& bias,
                                 const OptTensor& pos_embed, int64_t patch_size) {
+  if (!records_graph(latent, weight, bias, pos_embed))
+    return patch_embed_below_autograd(latent, weight, bias, pos_embed, patch_size);
   return PatchEmbed::apply(latent, weight, bias, pos_embed, patch_size);
 }
 
 Grads4 patch_embed_backward_autograd(const at::Tensor& grad, const at::Tensor& latent, const at::Tensor& weight,
                                      int64_t patch_size, Mask output_mask) {
-  const variable_list d = PatchEmbedBackward::apply(grad, latent, weight, patch_size, output_mask);
+  const variable_list d = PatchEmbedBackward::run(grad, latent, weight, patch_size, output_mask);
   return {d[0], d[1], d[2], d[3]};
 }
 

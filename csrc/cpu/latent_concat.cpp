@@ -20,8 +20,8 @@ void concat_planes(T* latent, const Planes<const T>& base, const Planes<const T>
                    bool detail_first) {
   const int64_t CD = s.C + s.D;
   const int64_t HW = s.HW();
-  // A second thread only pays off past ~256K copied elements per task: one memcpy stream is fast.
-  at::parallel_for(0, s.B * CD, grain_for(HW, int64_t{1} << 18), [&](int64_t begin, int64_t end) {
+  // Tasks of at least 32K elements, as ATen's own copies (torch.cat) split theirs.
+  at::parallel_for(0, s.B * CD, grain_for(HW), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / CD;
       const ChannelSource src = channel_source<int64_t>(q - b * CD, s.C, s.D, detail_first);

@@ -1,10 +1,9 @@
 // detail_patch_embed and patch_embed on CPU (the ops around these: patch_embed_ops.h).
 //
-// Forward: one parallel pass over tiles of tokens packs each token's patch row [K = (C+D) p^2]
+// Forward: one parallel pass over token rows packs each token's patch row [K = (C+D) p^2]
 // straight from base and detail, or the one latent, through their strides (the concatenated
-// latent never exists; the CUDA kernel's code, patch_tile.h) and writes the epilogue
-// (pos_embed + bias) into the output rows; then one GEMM accumulates A * W^T into the output
-// (addmm_, beta = 1).
+// latent never exists) and writes the epilogue (pos_embed + bias) into the output rows; then one
+// GEMM accumulates A * W^T into the output (addmm_, beta = 1).
 // Backward: dA = dOut * W (one GEMM) is scattered back into d_base / d_detail or d_latent
 // (patches do not overlap, so no col2im accumulation); dW = dOut^T * A (one GEMM on the re-packed
 // rows); d_pos_embed = the sum of dOut over the batch, d_bias over all its rows.
@@ -18,6 +17,7 @@
 #include <cstring>
 #include <optional>
 
+#include "davae_ext/index_math.h"
 #include "davae_ext/patch_embed_ops.h"
 #include "davae_ext/patch_tile.h"
 #include "parallel.h"
@@ -25,46 +25,50 @@
 namespace davae {
 namespace {
 
-// Moves patch rows between the latent pair (base, detail; D = 0: base is the one latent) and the
-// packed matrix A [M, K]. kScatter = false: A <- latent (im2col without a concat); true:
-// latent <- A (exact inverse). The tiles and both phases are the CUDA kernel's (patch_tile.h), run
-// here by one thread per tile through a small per-thread buffer, so the CPU tests check the GPU's
-// index math. Parallel over tiles of kCpuTileTokens tokens (the buffer stays in L1).
-// `tile_epilogue(m0, count)` runs after a tile's rows are done, while they are hot in cache (the
-// output epilogue of the forward).
-constexpr int64_t kCpuTileTokens = 8;
+// Moves the patch rows of one token row (b, ty) between the latent pair (base, detail; D = 0: base
+// is the one latent) and A [M, K]. kScatter = false: A <- latent (im2col
+// without a concat); true: latent <- A (its exact inverse: patches do not overlap). Line
+// ty * p + py of channel ch holds entry (ch, py, px) of the row's Wp tokens at x = tx * p + px:
+// read in order, written K apart (the row's block of A stays in L1). The CUDA kernel moves tiles
+// through shared memory instead (patch_tile.h, tested on the CPU by tests/cpp/kernel_items.cpp).
+template <bool kScatter, int P, typename T, typename L>
+void move_token_row(T* rows, const Planes<L>& base, const Planes<L>& detail, const PatchShape& s,
+                    bool detail_first, int64_t b, int64_t ty) {
+  const int64_t p = P > 0 ? P : s.p, K = s.K(), Wp = s.Wp();
+  for (int64_t ch = 0; ch < s.C + s.D; ++ch) {
+    const ChannelSource src = channel_source<int64_t>(ch, s.C, s.D, detail_first);
+    L* plane = (src.is_base ? base : detail).plane(b, src.channel);
+    for (int64_t py = 0; py < p; ++py) {
+      L* line = plane + (ty * p + py) * s.W;
+      T* col = rows + (ch * p + py) * p;
+      for (int64_t tx = 0; tx < Wp; ++tx) {
+        for (int64_t px = 0; px < p; ++px) {
+          if constexpr (kScatter) {
+            line[tx * p + px] = col[tx * K + px];
+          } else {
+            col[tx * K + px] = line[tx * p + px];
+          }
+        }
+      }
+    }
+  }
+}
 
+// All token rows, in parallel; `row_epilogue(m0, count)` runs after a token row's patch rows are
+// done (the forward's output epilogue, while they are hot in cache).
 template <bool kScatter, typename T, typename L, typename Epilogue>
-void move_patches(T* A, const Planes<L>& base, const Planes<L>& detail, const PatchShape& s, bool detail_first,
-                  Epilogue tile_epilogue) {
+void move_patches(T* A, const Planes<L>& base, const Planes<L>& detail, const PatchShape& s,
+                  bool detail_first, Epilogue row_epilogue) {
+  const int64_t Wp = s.Wp();
   if (s.M() == 0) return;
-  PatchTilePlan plan{};
-  const bool aligned = aligned16(A) && planes_aligned16(base) && (s.D == 0 || planes_aligned16(detail));
-  TORCH_CHECK(plan_patch_tiles(s.B, s.C, s.D, s.H, s.W, s.p, detail_first, sizeof(T), aligned, kCpuTileTokens,
-                               int64_t{1} << 29, plan),
-              "patch embed: a patch row of ", s.K(), " elements is too long");
-  // One buffer per thread, each starting on a 64-byte boundary.
-  const int64_t stride = (plan.buffer_elems * sizeof(T) + 63) / 64 * 64 / sizeof(T);
-  at::Tensor buffers = at::empty({at::get_num_threads() * stride}, c10::CppTypeToScalarType<T>::value);
-  T* buffer0 = buffers.data_ptr<T>();
   with_patch_size(s.p, [&](auto patch) {
     constexpr int P = decltype(patch)::value;
-    with_tile_vec<T>(plan, [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      at::parallel_for(0, plan.tiles, grain_for(plan.args.tile_tokens * s.K()), [&](int64_t begin, int64_t end) {
-        T* buf = buffer0 + at::get_thread_num() * stride;
-        for (int64_t tile = begin; tile < end; ++tile) {
-          const PatchTile t = patch_tile(tile, plan.args);
-          if constexpr (kScatter) {
-            patch_tile_rows_phase<true, VEC>(A, buf, plan.args, t, 0, 1);
-            patch_tile_latent_phase<true, P, VEC>(base, detail, buf, plan.args, t, 0, 1);
-          } else {
-            patch_tile_latent_phase<false, P, VEC>(base, detail, buf, plan.args, t, 0, 1);
-            patch_tile_rows_phase<false, VEC>(A, buf, plan.args, t, 0, 1);
-          }
-          tile_epilogue(t.m0, int64_t{t.nt});
-        }
-      });
+    at::parallel_for(0, s.B * s.Hp(), grain_for(Wp * s.K()), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t m0 = row * Wp;
+        move_token_row<kScatter, P>(A + m0 * s.K(), base, detail, s, detail_first, row / s.Hp(), row % s.Hp());
+        row_epilogue(m0, Wp);
+      }
     });
   });
 }
@@ -110,8 +114,8 @@ struct CpuPatchEmbed {
           }
         }
       };
-      move_patches<false>(A.data_ptr<scalar_t>(), planes_of<const scalar_t>(base), planes_of<const scalar_t>(detail),
-                          s, detail_first, epilogue);
+      move_patches<false>(A.data_ptr<scalar_t>(), planes_of<const scalar_t>(base),
+                          planes_of<const scalar_t>(detail), s, detail_first, epilogue);
     });
     at::Tensor out2 = out.view({M, N});
     const at::Tensor w = weight.reshape({N, K});
@@ -148,7 +152,7 @@ struct CpuPatchEmbed {
       }
     });
     // d_pos = the sum of dOut over the batch, d_bias over all its rows: ATen's reductions (float
-    // accumulation for 16-bit inputs), one read of dOut each.
+    // accumulation for 16-bit inputs; a d_bias column appended to the d_weight GEMM was slower).
     if (need_pos) d_pos = at::sum(g.view({s.B, T, N}), {0}, /*keepdim=*/true);
     if (need_bias) d_bias = at::sum(g, {0});
     return {d_base, d_detail, d_weight, d_bias, d_pos};

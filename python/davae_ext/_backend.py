@@ -89,9 +89,7 @@ def use_fused(t: torch.Tensor) -> bool:
     global _warned_cuda_fallback
     if _backend != "fused" or not EXT_LOADED:
         return False
-    if t.device.type == "cpu":
-        return True
-    if t.device.type == "cuda" and CUDA_KERNELS:
+    if t.is_cpu or (t.is_cuda and CUDA_KERNELS):  # (t.device builds a torch.device: slower)
         return True
     if not _warned_cuda_fallback:
         _warned_cuda_fallback = True
