@@ -19,17 +19,16 @@
 
 #include "davae_ext/index_math.h"
 #include "davae_ext/patch_embed_ops.h"
-#include "davae_ext/patch_tile.h"
 #include "parallel.h"
 
 namespace davae {
 namespace {
 
 // Moves the patch rows of one token row (b, ty) between the latent pair (base, detail; D = 0: base
-// is the one latent) and A [M, K]. kScatter = false: A <- latent (im2col
-// without a concat); true: latent <- A (its exact inverse: patches do not overlap). Line
-// ty * p + py of channel ch holds entry (ch, py, px) of the row's Wp tokens at x = tx * p + px:
-// read in order, written K apart (the row's block of A stays in L1). The CUDA kernel moves tiles
+// is the one latent) and A [M, K]. kScatter = false: A <- latent (im2col without a concat); true:
+// latent <- A (its exact inverse: patches do not overlap). Line ty * p + py of channel ch holds
+// entry (ch, py, px) of the row's Wp tokens at x = tx * p + px: read in order, written K apart
+// (the row's block of A stays in L1). The CUDA kernel moves tiles
 // through shared memory instead (patch_tile.h, tested on the CPU by tests/cpp/kernel_items.cpp).
 template <bool kScatter, int P, typename T, typename L>
 void move_token_row(T* rows, const Planes<L>& base, const Planes<L>& detail, const PatchShape& s,

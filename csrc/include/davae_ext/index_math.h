@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "davae_ext/host_device.h"
 
@@ -39,6 +40,18 @@ DAVAE_HD I group_size(I C, I D) { return D / C; }
 
 template <typename I>
 DAVAE_HD I detail_channel(I c, I j, I r) { return c * r + j; }
+
+// Host: f(std::integral_constant<int, P>) with P the patch size when it is 1, 2 or 4, else 0 (the
+// kernels' loops over a patch unroll for the common sizes).
+template <typename F>
+void with_patch_size(int64_t p, F f) {
+  switch (p) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 0>{});
+  }
+}
 
 // Reductions of the alignment loss, numbered like at::Reduction.
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };

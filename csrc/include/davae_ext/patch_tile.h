@@ -177,15 +177,4 @@ void with_tile_vec(const PatchTilePlan& plan, F f) {
   }
 }
 
-// f(std::integral_constant<int, P>) with P the patch size when it is 1, 2 or 4, else 0.
-template <typename F>
-void with_patch_size(int64_t p, F f) {
-  switch (p) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 0>{});
-  }
-}
-
 }  // namespace davae
