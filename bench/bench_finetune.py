@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("accelerate")
-from davae_ext.training import csv_column  # noqa: E402
+from davae_ext.training.common import csv_column  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "finetune_sd35.py"
 STEPS = int(os.environ.get("BENCH_FINETUNE_STEPS", "30"))

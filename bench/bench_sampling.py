@@ -25,9 +25,9 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E402
 
-from davae_ext.davae import DAVAE  # noqa: E402
-from davae_ext.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
-from davae_ext.sd3 import expand_transformer  # noqa: E402
+from davae_ext.models.davae import DAVAE  # noqa: E402
+from davae_ext.models.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
+from davae_ext.models.sd3 import expand_transformer  # noqa: E402
 from common import CUDA  # noqa: E402
 
 SD35M = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,

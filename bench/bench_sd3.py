@@ -13,7 +13,7 @@ from diffusers import SD3Transformer2DModel  # noqa: E402
 from diffusers.models.embeddings import PatchEmbed  # noqa: E402
 
 from davae_ext.nn import DetailPatchEmbed, DetailProjOut  # noqa: E402
-from davae_ext.sd3 import expand_transformer  # noqa: E402
+from davae_ext.models.sd3 import expand_transformer  # noqa: E402
 from common import CUDA, time_direction  # noqa: E402
 
 TINY = dict(

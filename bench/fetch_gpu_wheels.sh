@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the diffusers / transformers wheels (and their dependencies) that bench/gpu_check.sh
 # installs on an offline GPU machine without them, into .gpu_wheels/ (git-ignored; carry it along).
-#   bash bench/fetch_gpu_wheels.sh [PYTHON_VERSION]      # default 3.12 (the lent H100 machine's)
+#   bash bench/fetch_gpu_wheels.sh [PYTHON_VERSION]      # default 3.12 (the GPU machine's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYV=${1:-3.12}

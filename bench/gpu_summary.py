@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--bench", nargs="*", default=[],
                         help="pytest-benchmark JSON files, or .jsonl files of bench/conftest.py's rows")
     parser.add_argument("--rc", nargs="*", default=[], help="step=exit-code pairs")
-    parser.add_argument("--probe", default=None, help="crash-probe JSON (bench/gpu_crash_probe.py)")
     parser.add_argument("--seconds", type=int, default=None, help="wall time of the whole check")
     parser.add_argument("--kernels", default=None, help="per-kernel times (bench/gpu_kernels.py's kernels.json)")
     args = parser.parse_args()
@@ -115,10 +114,6 @@ def main() -> None:
         "ratios": ratios,
         "benchmarks": rows,
     }
-    if args.probe and os.path.exists(args.probe):
-        with open(args.probe) as f:
-            probe = json.load(f)
-        summary["raw_op_crash_probe"] = {k: probe.get(k) for k in ("cases", "crashed", "not_raised")}
     if args.kernels and os.path.exists(args.kernels):
         with open(args.kernels) as f:
             kernels = json.load(f)

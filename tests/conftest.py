@@ -167,7 +167,7 @@ def quick_pipeline(tiny_cache):
     """The embedded tiny SD3.5 pipeline, quick recipe (built once per session, ~30 s)."""
     for module in ("diffusers", "transformers", "skimage"):
         pytest.importorskip(module)
-    from davae_ext import tiny
+    from davae_ext.training import tiny
 
     return tiny.build_tiny_sd35(quick=True, progress=False)
 

@@ -1,5 +1,5 @@
 """CUDA: every op's forward and backward run on the caller's current stream, with no host
-synchronisation (issue #3's contract), checked two ways:
+synchronisation, checked two ways:
 
 - captured in a CUDA graph and replayed on new input values, every output and gradient matches
   the eager call on those values. A capture fails on a host synchronisation or on a launch onto

@@ -1,4 +1,4 @@
-"""davae_ext.data: captioned image folders and the shipped photos."""
+"""davae_ext.training.data: captioned image folders and the shipped photos."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 pytest.importorskip("skimage")
-from davae_ext.data import EVAL_PHOTOS, ImageCaptionFolder, downsample_base, sample_photos  # noqa: E402
+from davae_ext.training.data import EVAL_PHOTOS, ImageCaptionFolder, downsample_base, sample_photos  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

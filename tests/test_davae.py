@@ -5,10 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import davae_ext
+
 pytest.importorskip("diffusers")
-from davae_ext import davae as davae_mod  # noqa: E402
-from davae_ext.davae import DAVAE, ChannelToSpaceUp, SpaceToChannelDown  # noqa: E402
-from davae_ext.tiny import build_vae  # noqa: E402
+from davae_ext.models import davae as davae_mod  # noqa: E402
+from davae_ext.models.davae import DAVAE, ChannelToSpaceUp, SpaceToChannelDown  # noqa: E402
+from davae_ext.training.tiny import build_vae  # noqa: E402
 from conftest import DEVICES, ORDERS, require_ext  # noqa: E402
 
 
@@ -81,7 +83,7 @@ def test_frozen_parameters_do_not_change_in_a_training_step(vae):
 
 
 def test_save_load_round_trip(vae, tmp_path):
-    model = DAVAE.from_base_vae(vae, detail_channels=48, order="detail_first", fused=False)
+    model = DAVAE.from_base_vae(vae, detail_channels=48, order="detail_first")
     model.set_latent_stats([0.5] * 48, [2.0] * 48)
     model.save_pretrained(tmp_path / "davae")
     loaded = DAVAE.from_pretrained(tmp_path / "davae")
@@ -99,13 +101,14 @@ def test_save_load_round_trip(vae, tmp_path):
 @pytest.mark.parametrize("order", ORDERS)
 def test_fused_and_reference_agree(vae, order, device, no_tf32):
     require_ext()
-    fused = DAVAE.from_base_vae(vae, detail_channels=48, order=order, fused=True).to(device)
-    ref = DAVAE.from_base_vae(vae, detail_channels=48, order=order, fused=False).to(device)
+    fused = DAVAE.from_base_vae(vae, detail_channels=48, order=order).to(device)
+    ref = DAVAE.from_base_vae(vae, detail_channels=48, order=order).to(device)
     ref.load_state_dict(fused.state_dict())
     x = _images(2, 32).to(device)
     results = []
-    for model in (fused, ref):
-        out = model(x, generator=torch.Generator(device).manual_seed(3))
+    for model, backend in ((fused, "fused"), (ref, "reference")):
+        with davae_ext.use_backend(backend):
+            out = model(x, generator=torch.Generator(device).manual_seed(3))
         loss = F.l1_loss(out.sample, x) + out.align_loss
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -196,7 +199,7 @@ def test_evaluation_baselines_are_the_base_vae_itself(vae):
     """evaluate_davae's baselines: (b) the base VAE's reconstruction of the half-size image,
     upsampled (from the DA-VAE's base channels, un-normalised, instead of a second encode), and
     (c) the base VAE at full size."""
-    from davae_ext.evaluation import evaluate_davae, psnr
+    from davae_ext.training.evaluation import evaluate_davae, psnr
 
     model = DAVAE.from_base_vae(vae)
     x = _images(3, 32, seed=4)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from davae_ext.flow import channel_mask, detail_weight, flow_loss, sample_sigmas
+from davae_ext.training.flow import channel_mask, detail_weight, flow_loss, sample_sigmas
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "train" / "finetune_sd35.py")
 FAST = ["--quick-default", "--resolution", "64", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "4",
@@ -133,7 +133,7 @@ def test_bad_model_folder(quick_pipeline, tmp_path):
 def test_davae_with_other_base_channels(quick_pipeline, tmp_path):
     from diffusers import AutoencoderKL
 
-    from davae_ext.davae import DAVAE
+    from davae_ext.models.davae import DAVAE
 
     vae = AutoencoderKL(latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)

@@ -1,9 +1,9 @@
-"""davae_ext.losses: KL forms, alignment weight, LPIPS loading (local files only), PatchGAN."""
+"""davae_ext.models.losses: KL forms, alignment weight, LPIPS loading (local files only), PatchGAN."""
 
 import pytest
 import torch
 
-from davae_ext import losses
+from davae_ext.models import losses
 
 
 def test_kl_forms():

@@ -12,9 +12,9 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import StableDiffusion3Pipeline  # noqa: E402
 
-from davae_ext.davae import DAVAE  # noqa: E402
-from davae_ext.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
-from davae_ext.sd3 import expand_transformer  # noqa: E402
+from davae_ext.models.davae import DAVAE  # noqa: E402
+from davae_ext.models.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
+from davae_ext.models.sd3 import expand_transformer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import SD3Transformer2DModel  # noqa: E402
 
-from davae_ext.sd3 import DAVAESD3Transformer2DModel, expand_transformer  # noqa: E402
+from davae_ext.models.sd3 import DAVAESD3Transformer2DModel, expand_transformer  # noqa: E402
 from conftest import DEVICES, ORDERS  # noqa: E402
 
 TINY = dict(

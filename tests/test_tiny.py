@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("skimage")
 pytest.importorskip("transformers")
-from davae_ext import tiny  # noqa: E402
-from davae_ext._cache import COMPLETE_MARKER  # noqa: E402
+from davae_ext.training import tiny  # noqa: E402
+from davae_ext.training.cache import COMPLETE_MARKER  # noqa: E402
 
 
 def test_quick_pipeline_loads_and_generates(quick_pipeline):

@@ -40,7 +40,7 @@ def test_short_run_writes_everything(quick_pipeline, tmp_path):
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
     result = json.loads((out / "eval.json").read_text())
     assert {"davae", "base_half_upsampled", "base_full", "alignment"} <= set(result)
-    from davae_ext.davae import DAVAE
+    from davae_ext.models.davae import DAVAE
 
     model = DAVAE.from_pretrained(out / "davae")
     assert model.config.detail_mean is not None and len(model.config.detail_std) == 16

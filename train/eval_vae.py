@@ -39,11 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from davae_ext.data import sample_photos
-    from davae_ext.davae import DAVAE
-    from davae_ext.evaluation import evaluate_davae, format_table, load_images
-    from davae_ext.losses import LPIPS
-    from davae_ext.training import save_grid
+    from davae_ext.training.data import sample_photos
+    from davae_ext.models.davae import DAVAE
+    from davae_ext.training.evaluation import evaluate_davae, format_table, load_images
+    from davae_ext.models.losses import LPIPS
+    from davae_ext.training.common import save_grid
 
     if not (Path(args.davae) / "config.json").exists():
         raise FileNotFoundError(f"--davae {args.davae!r} is not a DA-VAE folder (no config.json); train one with train/train_vae.py")

@@ -35,11 +35,11 @@ def main(argv=None):
     args = parse_args(argv)
     from diffusers import StableDiffusion3Pipeline
 
-    from davae_ext.synthetic import DEFAULT_PROMPTS, generate, read_prompts
+    from davae_ext.training.synthetic import DEFAULT_PROMPTS, generate, read_prompts
 
     model = args.model
     if model is None:
-        from davae_ext.tiny import build_tiny_sd35
+        from davae_ext.training.tiny import build_tiny_sd35
 
         model = str(build_tiny_sd35(progress=not args.no_progress))
     pipe = StableDiffusion3Pipeline.from_pretrained(model).to(args.device)

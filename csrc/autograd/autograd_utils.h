@@ -6,8 +6,9 @@
 // (create_graph=True through a fused op) is a clear error, never a silently missing term.
 // The Functions are traceable by compiled autograd: their backwards read only the context's
 // saved tensors, saved_data and needs_input_grad, which it captures.
-// Being C++, none of this runs Python per call (the Python register_autograd it replaced cost
-// ~95 us per forward with grad on a 2-core CPU; see bench/bench_overhead.py).
+// Being C++, none of this runs Python per call: on a 2-core CPU a Python-side autograd
+// registration cost 48-95 us per forward with grad, these 10-24 us (docs/performance.md,
+// bench/bench_overhead.py).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -7,7 +7,8 @@
 //   float32, and 16-bit when cuBLASLt offers no algorithm: ATen's addmm on the same A (cuBLAS;
 //     TF32 only when torch.backends.cuda.matmul.allow_tf32 allows it).
 // The gather is patch_tile_kernel: one tile of tokens per block through shared memory, 16-byte
-// accesses on both sides, the same code as the CPU kernel's (patch_tile.h). A patch row too long
+// accesses on both sides (patch_tile.h, whose index math tests/cpp/kernel_items.cpp runs on the
+// CPU). A patch row too long
 // for its shared memory (over 32 KB) goes through ATen's strided copy instead.
 //
 // Backward: d_weight = dOut^T A is one GEMM on A re-gathered from the latents; for 16-bit inputs
@@ -33,8 +34,8 @@ namespace davae::cuda {
 namespace {
 
 // Moves patches between (base, detail) and the patch-row matrix A [M, K] one tile of tokens per
-// block, in the two phases of patch_tile.h (the same functions the CPU kernel runs, so the CPU
-// tests check this index math): 16-byte loads of the latent's line segments into a shared-memory
+// block, in the two phases of patch_tile.h (host-callable, so tests/cpp/kernel_items.cpp checks
+// this index math on the CPU): 16-byte loads of the latent's line segments into a shared-memory
 // tile, then 16-byte stores of the tile's rows of A, which are contiguous (or the reverse).
 // kTileTokens tokens of one token row per tile, at most kTileBytes of shared memory. SD3 at
 // 2048 px (bf16, K = 128): 64 tokens, 17 KB, 256 blocks; ImageNet (K = 128, 16 tokens a row):

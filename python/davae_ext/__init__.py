@@ -1,21 +1,28 @@
-"""davae_ext: fused kernels and PyTorch modules for DA-VAE (Detail-Aligned VAE)."""
+"""davae_ext: fused kernels and PyTorch modules for DA-VAE (Detail-Aligned VAE).
 
-from . import _backend
+The package is in three layers, each importing only the ones below it:
+
+- the kernel library: :mod:`.ops` (the compiled ops), :mod:`.reference` (their pure-PyTorch
+  twins), :mod:`.channels`, the extension loader and backend switch (:func:`use_backend`);
+- the models: :mod:`.nn` (drop-in modules) and :mod:`.models` (``DAVAE``, the widened SD3
+  transformer, the pipeline, the losses);
+- :mod:`.training`: the training and data stack the scripts in ``train/`` run.
+
+``import davae_ext`` loads the kernel library only; the models load on first use.
+"""
+
+from . import _backend, channels, ops, reference
 from ._backend import build_info, get_backend, set_backend, use_backend
-
-if _backend.EXT_LOADED:
-    from . import _library  # noqa: F401  (fake kernels + autograd of the compiled ops)
-
-from . import ops, reference  # noqa: E402
+from .channels import join_channels, split_channels
 
 __version__ = "0.1.0"
 
 # The diffusers-based models are imported on first use (diffusers takes seconds to import).
 _LAZY = {
-    "DAVAE": "davae",
-    "DAVAESD3Transformer2DModel": "sd3",
-    "expand_transformer": "sd3",
-    "DAVAEStableDiffusion3Pipeline": "pipeline",
+    "DAVAE": "models.davae",
+    "DAVAESD3Transformer2DModel": "models.sd3",
+    "expand_transformer": "models.sd3",
+    "DAVAEStableDiffusion3Pipeline": "models.pipeline",
 }
 
 
@@ -31,4 +38,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["ops", "reference", "build_info", "use_backend", "set_backend", "get_backend", *_LAZY]
+__all__ = ["ops", "reference", "channels", "split_channels", "join_channels", "build_info", "use_backend", "set_backend", "get_backend", *_LAZY]

@@ -11,6 +11,10 @@ copy. The fused path validates its inputs once, in the C++ host checks (``csrc/c
 fake kernels check the same under ``torch.compile``); these functions only turn the string
 arguments into the ops' flags and reject a ``bool`` where an int is expected, which the
 dispatcher would accept.
+
+Each op's Python side is here: the public function, then the fake kernels of its forward and
+backward schemas. Its schema, host checks, kernels, autograd and autocast rule are C++
+(``csrc/``, see ``docs/design.md``), its reference twin is :mod:`davae_ext.reference`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,19 @@ import torch
 from . import _backend, _validate, reference
 
 _ops = torch.ops.davae_ext if _backend.EXT_LOADED else None
+
+
+def _register_fake(name: str):
+    """Registers a fake (meta) kernel of ``davae_ext::<name>``: the shapes ``torch.compile`` and
+    ``torch.export`` trace with (only when the extension, and so the op's schema, is loaded)."""
+    if _ops is None:
+        return lambda fn: fn
+    return torch.library.register_fake(f"davae_ext::{name}")
+
+
+def _grads(grad, shapes_and_needed):
+    """The backward ops' outputs: each gradient asked for, else an empty [0] tensor."""
+    return tuple(grad.new_empty(shape if needed else (0,)) for shape, needed in shapes_and_needed)
 
 __all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed", "patch_embed"]
 
@@ -45,6 +62,12 @@ def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_f
     return reference.latent_concat(base, detail, order)
 
 
+
+@_register_fake("latent_concat")
+def _latent_concat_fake(base, detail, detail_first=False):
+    B, C, D, H, W = _validate.base_detail("latent_concat", base, detail)
+    return base.new_empty((B, C + D, H, W))
+
 def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
     """Parameter-free channel-wise projection Proj (Eq. 4).
 
@@ -56,6 +79,19 @@ def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
         return _ops.detail_project.default(detail, base_channels)
     return reference.detail_project(detail, base_channels)
 
+
+
+@_register_fake("detail_project")
+def _detail_project_fake(detail, base_channels):
+    B, C, D, H, W = _validate.project("detail_project", detail, base_channels)
+    return detail.new_empty((B, C, H, W))
+
+
+@_register_fake("detail_project_backward")
+def _detail_project_backward_fake(grad, detail_channels):
+    B, C, H, W = grad.shape
+    _validate.groups("detail_project_backward", C, detail_channels)
+    return grad.new_empty((B, detail_channels, H, W))
 
 def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Alignment loss || Proj(detail) - base ||^2 (Eq. 3), without materialising Proj(detail).
@@ -69,6 +105,18 @@ def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str =
         return _ops.detail_align_loss.default(detail, base, code)
     return reference.detail_align_loss(detail, base, reduction)
 
+
+
+@_register_fake("detail_align_loss")
+def _detail_align_loss_fake(detail, base, reduction=1):
+    B, C, D, H, W = _validate.align("detail_align_loss", detail, base)
+    return base.new_empty((B, C, H, W) if reduction == 0 else ())
+
+
+@_register_fake("detail_align_loss_backward")
+def _detail_align_loss_backward_fake(grad, detail, base, reduction=1):
+    _validate.align("detail_align_loss_backward", detail, base)
+    return torch.empty_like(detail), torch.empty_like(base)
 
 def detail_patch_embed(
     base: torch.Tensor,
@@ -94,6 +142,20 @@ def detail_patch_embed(
     return reference.detail_patch_embed(base, detail, weight, bias, pos_embed, patch_size, order)
 
 
+
+@_register_fake("detail_patch_embed")
+def _detail_patch_embed_fake(base, detail, weight, bias, pos_embed, patch_size, detail_first=False):
+    s = _validate.patch_embed("detail_patch_embed", base, detail, weight, bias, pos_embed, patch_size)
+    return base.new_empty((s.B, s.T, s.N))
+
+
+@_register_fake("detail_patch_embed_backward")
+def _detail_patch_embed_backward_fake(grad, base, detail, weight, patch_size, detail_first, output_mask):
+    s = _validate.patch_embed("detail_patch_embed_backward", base, detail, weight, None, None, patch_size)
+    need_input, need_weight, need_bias, need_pos = output_mask
+    return _grads(grad, [(base.shape, need_input), (detail.shape, need_input), (weight.shape, need_weight),
+                         ((s.N,), need_bias), ((1, s.T, s.N), need_pos)])
+
 def patch_embed(
     latent: torch.Tensor,
     weight: torch.Tensor,
@@ -113,3 +175,17 @@ def patch_embed(
     if _fused(latent):
         return _ops.patch_embed.default(latent, weight, bias, pos_embed, patch_size)
     return reference.patch_embed(latent, weight, bias, pos_embed, patch_size)
+
+
+@_register_fake("patch_embed")
+def _patch_embed_fake(latent, weight, bias, pos_embed, patch_size):
+    s = _validate.latent_patch_embed("patch_embed", latent, weight, bias, pos_embed, patch_size)
+    return latent.new_empty((s.B, s.T, s.N))
+
+
+@_register_fake("patch_embed_backward")
+def _patch_embed_backward_fake(grad, latent, weight, patch_size, output_mask):
+    s = _validate.latent_patch_embed("patch_embed_backward", latent, weight, None, None, patch_size)
+    need_latent, need_weight, need_bias, need_pos = output_mask
+    return _grads(grad, [(latent.shape, need_latent), (weight.shape, need_weight), ((s.N,), need_bias),
+                         ((1, s.T, s.N), need_pos)])

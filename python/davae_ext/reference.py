@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate
+from .channels import join_channels
 
 __all__ = ["latent_concat", "detail_project", "detail_align_loss", "detail_patch_embed", "patch_embed"]
 
 
 def latent_concat(base: torch.Tensor, detail: torch.Tensor, order: str = "base_first") -> torch.Tensor:
     """base: (B, C, H, W), detail: (B, D, H, W) -> (B, C + D, H, W) (Eq. 1)."""
-    detail_first = _validate.order_flag("latent_concat", order)
+    _validate.order_flag("latent_concat", order)
     _validate.base_detail("latent_concat", base, detail)
-    return torch.cat((detail, base) if detail_first else (base, detail), dim=1)
+    return join_channels(base, detail, order)
 
 
 def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Drop-in ``torch.nn`` modules for DA-VAE latents and the widened DiT input / output layers.
 
-Each module that wraps a fused op takes ``fused: bool``: True runs :mod:`davae_ext.ops` (the
-compiled kernels, or their reference when unavailable), False runs plain PyTorch. Both give the
-same results to floating-point tolerance.
+The modules run :mod:`davae_ext.ops`: the compiled kernels, or their pure-PyTorch reference
+under ``davae_ext.use_backend("reference")`` (or where no kernel exists). ``DetailPatchEmbed``
+also takes ``fused=False``, which computes differently: two convolutions, one per part, the
+pretrained ``PatchEmbed``'s arithmetic bit for bit at a zero detail slice.
 """
 
 from .latent import DetailAlignLoss, DetailProjection, LatentConcat

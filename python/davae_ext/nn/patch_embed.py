@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate, ops
+from ..channels import join_channels, split_channels
 from ._init import check_channels, check_init, detail_slice
 
 
@@ -124,8 +125,7 @@ class DetailPatchEmbed(nn.Module):
         with torch.no_grad():
             w_base = conv.weight.detach()
             w_detail = detail_slice(w_base, detail_channels, dim=1, init=init, divide=True)
-            parts = (w_detail, w_base) if order == "detail_first" else (w_base, w_detail)
-            new.proj.weight.copy_(torch.cat(parts, dim=1))
+            new.proj.weight.copy_(join_channels(w_base, w_detail, order))
             if conv.bias is not None:
                 new.proj.bias.copy_(conv.bias)
             if table is not None:
@@ -141,17 +141,6 @@ class DetailPatchEmbed(nn.Module):
                 f"DetailPatchEmbed: the latent must have shape [B, {C + D}, H, W] (C={C} base + D={D} detail "
                 f"channels), got {list(latent.shape)}"
             )
-
-    def _split(self, latent: torch.Tensor):
-        C, D = self.base_channels, self.detail_channels
-        if self.order == "detail_first":
-            return latent[:, D:], latent[:, :D]
-        return latent[:, :C], latent[:, C:]
-
-    def _weights(self):
-        C, D = self.base_channels, self.detail_channels
-        w = self.proj.weight
-        return (w[:, D:], w[:, :D]) if self.order == "detail_first" else (w[:, :C], w[:, C:])
 
     def cropped_pos_embed(self, height: int, width: int) -> torch.Tensor:
         """Centre crop of the sin-cos table for a latent of height x width (SD3 behaviour)."""
@@ -225,9 +214,9 @@ class DetailPatchEmbed(nn.Module):
                 return ops.patch_embed(latent, weight, bias, pos, self.patch_size)
             return ops.detail_patch_embed(base, detail, weight, bias, pos, self.patch_size, self.order)
         if base is None:
-            base, detail = self._split(latent)
+            base, detail = split_channels(latent, self.base_channels, self.order)
         pos = self._pos_for(height, width, latent.device)
-        w_base, w_detail = self._weights()
+        w_base, w_detail = split_channels(self.proj.weight, self.base_channels, self.order)
         x = F.conv2d(base, w_base, bias, stride=self.patch_size) + F.conv2d(detail, w_detail, None, stride=self.patch_size)
         x = x.flatten(2).transpose(1, 2)
         return x if pos is None else (x + pos).to(x.dtype)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import _validate
+from ..channels import join_channels
 from ._init import check_channels, check_init, detail_slice
 
 
@@ -15,8 +16,7 @@ def _interleave(base: torch.Tensor, detail: torch.Tensor, patch_size: int, order
     pp = patch_size * patch_size
     b = base.reshape(pp, -1, *base.shape[1:])
     d = detail.reshape(pp, -1, *detail.shape[1:])
-    parts = (d, b) if order == "detail_first" else (b, d)
-    return torch.cat(parts, dim=1).reshape(-1, *base.shape[1:])
+    return join_channels(b, d, order).reshape(-1, *base.shape[1:])
 
 
 class DetailProjOut(nn.Linear):

@@ -1,16 +1,18 @@
-"""Pieces the training scripts share: deterministic per-step batches and noise (so a resumed run
-sees exactly what an uninterrupted one would), atomic checkpoints, a resumable CSV log, image
-grids and parameter fingerprints."""
+"""Pieces both training loops share: deterministic per-step batches and noise (so a resumed run
+sees exactly what an uninterrupted one would), atomic checkpoints, a resumable CSV log, the
+:class:`TrainingRun` bookkeeping around a loop, image grids and parameter fingerprints."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -145,7 +147,10 @@ def save_grid(path: os.PathLike, rows: Sequence[torch.Tensor], pad: int = 2) -> 
 
 
 class EMA:
-    """Exponential moving average of a set of parameters, kept in float32 (for sampling)."""
+    """Exponential moving average of a set of parameters, kept in float32 (for sampling), with a
+    constant decay. (diffusers' ``EMAModel`` ramps its decay as (1 + n) / (10 + n) from the start
+    and keeps the shadow in the parameters' dtype; this one is the plain average the recipes
+    state.)"""
 
     def __init__(self, named_params, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
@@ -188,3 +193,102 @@ def write_rank_fingerprint(out: os.PathLike, rank: int, world: int, digest: str)
         folder = Path(out) / "ranks"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "fingerprint": digest}))
+
+
+def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, batch_size: int) -> None:
+    """The arguments :class:`TrainingRun` reads, shared by both trainers' command lines."""
+    a = p.add_argument
+    a("--output-dir", default=output_dir, help=f"where everything is written (default: {output_dir})")
+    a("--steps", type=int, default=steps, help=f"optimizer steps (default: {steps})")
+    a("--batch-size", type=int, default=batch_size,
+      help=f"global batch size, split over processes (default: {batch_size})")
+    a("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
+    a("--gradient-checkpointing", action="store_true", help="recompute activations in backward (default: off)")
+    a("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    a("--keep-checkpoints", type=int, default=2, help="checkpoints kept (default: 2)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (default: off)")
+    a("--seed", type=int, default=0, help="seed of every batch, crop and noise draw (default: 0)")
+    a("--no-progress", action="store_true", help="no tqdm progress bar (default: shown)")
+    a("--quick-default", action="store_true", help=argparse.SUPPRESS)  # tests: the quick tiny models
+
+
+class TrainingRun:
+    """The bookkeeping around a training loop, the same for both trainers.
+
+    From the parsed arguments (``output_dir``, ``mixed_precision``, ``batch_size``, ``steps``,
+    ``seed``, ``resume``, ``checkpoint_every``, ``keep_checkpoints``, ``no_progress`` and, if
+    present, ``stop_at``) it holds the accelerator and this process's rank, reads the checkpoint
+    to resume from, writes ``args.json`` and ``log.csv`` (cut back to the resumed step), saves
+    atomic checkpoints when due, and writes each rank's weight fingerprint at the end."""
+
+    def __init__(self, args, log_fields: Sequence[str]):
+        self.args = args
+        self.accelerator, self.rank, self.world, self.is_main = make_accelerator(args.mixed_precision)
+        if args.batch_size % self.world:
+            raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the process count {self.world}")
+        self.out = Path(args.output_dir)
+        self.checkpoints = self.out / "checkpoints"
+        self.progress = not args.no_progress and self.is_main
+        self.log_fields = list(log_fields)
+        self.log: Optional[CSVLog] = None
+        self.started = time.time()
+        torch.manual_seed(args.seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def resume_state(self) -> Optional[dict]:
+        """The newest checkpoint's contents with ``--resume`` (None: start from step 0)."""
+        if not self.args.resume:
+            return None
+        path = latest_checkpoint(self.checkpoints)
+        if path is None:
+            self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting from step 0")
+            return None
+        state = load_checkpoint(path)
+        self.accelerator.print(f"resumed from {path} at step {int(state['step'])}")
+        return state
+
+    def begin(self, start: int, **record) -> None:
+        """Opens the log at ``start`` and writes ``args.json`` (the arguments plus ``record``)."""
+        self.log = CSVLog(self.out / "log.csv", self.log_fields, resume_step=start, enabled=self.is_main)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "args.json").write_text(json.dumps(vars(self.args) | record | {"processes": self.world},
+                                                           indent=1))
+        self.started = time.time()
+
+    def steps(self, start: int, desc: str):
+        """The loop's steps, ``start`` to ``--steps``, with a tqdm bar on the main process."""
+        from tqdm.auto import tqdm
+
+        return tqdm(range(start, self.args.steps), initial=start, total=self.args.steps, desc=desc,
+                    disable=not self.progress)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def end_step(self, done: int, state: Callable[[], dict]) -> bool:
+        """After ``done`` steps: a checkpoint of ``state()`` when one is due. Returns True when
+        the loop must stop here (``--stop-at``: as if the process were killed after it)."""
+        args = self.args
+        stop = getattr(args, "stop_at", None) is not None and done >= args.stop_at
+        if self.is_main and (done % args.checkpoint_every == 0 or done == args.steps or stop):
+            save_checkpoint(self.checkpoints, done, state(), keep=args.keep_checkpoints)
+        if stop:
+            self.accelerator.print(f"--stop-at {args.stop_at}: stopping as if killed")
+        return stop
+
+    def finish(self, model: torch.nn.Module) -> dict:
+        """Waits for every process; the summary every run reports (steps, processes, seconds, the
+        trainable weights' fingerprint, also written per rank)."""
+        self.accelerator.wait_for_everyone()
+        summary = {"steps": self.args.steps, "processes": self.world, "seconds": round(self.elapsed(), 2),
+                   "fingerprint": fingerprint(model)}
+        write_rank_fingerprint(self.out, self.rank, self.world, summary["fingerprint"])
+        return summary
+
+    def write_summary(self, summary: dict) -> None:
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))

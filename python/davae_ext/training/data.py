@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ._cache import atomic_dir, cache_root, is_complete
+from .cache import atomic_dir, cache_root, is_complete
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

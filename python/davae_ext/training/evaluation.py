@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import reference
-from .training import to_uint8
+from .. import reference
+from .common import to_uint8
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:

@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops, reference
 
 KL_FORMS = ("sum", "mean")
 
@@ -37,11 +36,6 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor, form: str = "sum") -> torc
     if form == "mean":
         return terms.mean()
     raise ValueError(f"kl_loss: 'form' must be one of {KL_FORMS}, got {form!r}")
-
-
-def align_loss(detail: torch.Tensor, base: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """``mean((Proj(detail) - base)^2)`` (Eqs. 3-4) through the fused op or the reference."""
-    return (ops if fused else reference).detail_align_loss(detail, base.detach(), reduction="mean")
 
 
 def grad_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, layer_weight: torch.Tensor,
@@ -121,7 +115,7 @@ class LPIPS(nn.Module):
     def _load(self, weights: str) -> None:
         if weights is None or not os.path.exists(weights):
             raise FileNotFoundError(f"LPIPS: 'weights' path {weights!r} does not exist (LPIPS weights are never "
-                                    "downloaded; pass a local file or folder, see davae_ext.losses.LPIPS)")
+                                    "downloaded; pass a local file or folder, see davae_ext.models.losses.LPIPS)")
         if os.path.isdir(weights):
             state = {}
             for name in ("vgg16.pth", "vgg.pth"):

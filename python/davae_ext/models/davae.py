@@ -29,8 +29,9 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from . import ops, reference
-from ._validate import ORDERS
+from .. import ops
+from .._validate import ORDERS
+from ..channels import split_channels
 
 def load_base_vae(path: str) -> AutoencoderKL:
     """A diffusers ``AutoencoderKL`` from a VAE folder, or from a pipeline folder's ``vae``
@@ -118,14 +119,13 @@ class DAVAEPosterior:
     """The posterior over the C + D latent: the base part is deterministic (the frozen encoder's
     normalised mean), the detail part a diagonal Gaussian."""
 
-    def __init__(self, base: torch.Tensor, detail: DiagonalGaussianDistribution, order: str, fused: bool):
+    def __init__(self, base: torch.Tensor, detail: DiagonalGaussianDistribution, order: str):
         self.base = base
         self.detail = detail
         self.order = order
-        self._ops = ops if fused else reference
 
     def _join(self, detail: torch.Tensor) -> torch.Tensor:
-        return self._ops.latent_concat(self.base, detail, order=self.order)
+        return ops.latent_concat(self.base, detail, order=self.order)
 
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self._join(self.detail.sample(generator))
@@ -176,7 +176,6 @@ class DAVAE(ModelMixin, ConfigMixin):
         scale: int = 2,
         order: str = "base_first",
         freeze_detail_trunk: bool = True,
-        fused: bool = True,
         detail_dropout: float = 0.0,
         detail_mean: Optional[Sequence[float]] = None,
         detail_std: Optional[Sequence[float]] = None,
@@ -222,7 +221,7 @@ class DAVAE(ModelMixin, ConfigMixin):
     @classmethod
     def from_base_vae(cls, vae: AutoencoderKL, detail_channels: Optional[int] = None, scale: int = 2,
                       order: str = "base_first", freeze_detail_trunk: bool = True, init_from_base: bool = True,
-                      fused: bool = True, detail_dropout: float = 0.0, init_up_block: str = "base_decoder") -> "DAVAE":
+                      detail_dropout: float = 0.0, init_up_block: str = "base_decoder") -> "DAVAE":
         """A DA-VAE on ``vae`` (copied; the original is not modified). With ``init_from_base`` the
         detail encoder trunk and the decoder start from the pretrained weights; otherwise they are
         freshly initialised (the base encoder is always the pretrained one).
@@ -238,7 +237,7 @@ class DAVAE(ModelMixin, ConfigMixin):
         if not isinstance(vae, AutoencoderKL):
             raise TypeError(f"DAVAE.from_base_vae: 'vae' must be a diffusers AutoencoderKL, got {type(vae).__name__}")
         model = cls(dict(vae.config), detail_channels=detail_channels, scale=scale, order=order,
-                    freeze_detail_trunk=freeze_detail_trunk, fused=fused, detail_dropout=detail_dropout)
+                    freeze_detail_trunk=freeze_detail_trunk, detail_dropout=detail_dropout)
         model.base_vae.load_state_dict(vae.state_dict())
         if init_from_base:
             enc = {k: v for k, v in vae.encoder.state_dict().items() if not k.startswith("conv_out.")}
@@ -266,10 +265,10 @@ class DAVAE(ModelMixin, ConfigMixin):
         C, s2 = self.base_channels, self.config.scale ** 2
         shift = vae.config.shift_factor or 0.0
         scaling = vae.config.scaling_factor or 1.0
-        base = slice(0, C) if self.config.order == "base_first" else slice(self.detail_channels, C + self.detail_channels)
         w = conv_in.weight.to(up.conv.weight)  # [Cdec, C, k, k]
         weight = torch.zeros_like(up.conv.weight)  # [s2 * Cdec, C + D, k, k]
-        weight[:, base] = (w / scaling).repeat_interleave(s2, dim=0)
+        base_weight, _ = split_channels(weight, C, self.config.order)
+        base_weight.copy_((w / scaling).repeat_interleave(s2, dim=0))
         bias = (conv_in.bias.to(w) + shift * w.sum(dim=(1, 2, 3))).repeat_interleave(s2)
         centre = up.conv.kernel_size[0] // 2
         q = torch.arange(weight.shape[0])
@@ -288,14 +287,6 @@ class DAVAE(ModelMixin, ConfigMixin):
         return self
 
     @property
-    def fused(self) -> bool:
-        return bool(self.config.fused)
-
-    @property
-    def _ops(self):
-        return ops if self.fused else reference
-
-    @property
     def spatial_factor(self) -> int:
         """Image pixels per latent cell: the base VAE's factor times ``scale``."""
         return self.base_vae_factor * self.config.scale
@@ -307,10 +298,7 @@ class DAVAE(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ normalisation
     def split_latents(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(base, detail) slices of a C + D latent, in either channel order."""
-        C = self.base_channels
-        if self.config.order == "base_first":
-            return latent[:, :C], latent[:, C:]
-        return latent[:, -C:], latent[:, :-C]
+        return split_channels(latent, self.base_channels, self.config.order)
 
     def _check_latent(self, latent: torch.Tensor, name: str = "latent") -> None:
         if not isinstance(latent, torch.Tensor) or latent.dim() != 4 or latent.shape[1] != self.base_channels + self.detail_channels:
@@ -324,14 +312,14 @@ class DAVAE(ModelMixin, ConfigMixin):
         self._check_latent(latent)
         base, detail = self.split_latents(latent)
         detail = (detail - self.detail_latent_mean.to(detail)) / self.detail_latent_std.to(detail)
-        return self._ops.latent_concat(base, detail, order=self.config.order)
+        return ops.latent_concat(base, detail, order=self.config.order)
 
     def denormalize_latents(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize_latents`."""
         self._check_latent(latent)
         base, detail = self.split_latents(latent)
         detail = detail * self.detail_latent_std.to(detail) + self.detail_latent_mean.to(detail)
-        return self._ops.latent_concat(base, detail, order=self.config.order)
+        return ops.latent_concat(base, detail, order=self.config.order)
 
     # ------------------------------------------------------------------ encode / decode
     def _check_image(self, image: torch.Tensor) -> None:
@@ -364,7 +352,7 @@ class DAVAE(ModelMixin, ConfigMixin):
         """``image`` [B, 3, H, W] in [-1, 1] with H, W multiples of :attr:`spatial_factor` ->
         posterior over the raw C + D latent on the (H, W) / spatial_factor grid."""
         self._check_image(image)
-        posterior = DAVAEPosterior(self.encode_base(image), self.encode_detail(image), self.config.order, self.fused)
+        posterior = DAVAEPosterior(self.encode_base(image), self.encode_detail(image), self.config.order)
         if not return_dict:
             return (posterior,)
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
@@ -394,10 +382,10 @@ class DAVAE(ModelMixin, ConfigMixin):
             gen_device = generator.device if generator is not None else z_detail.device
             keep = torch.rand(z_detail.shape[0], 1, 1, 1, device=gen_device, generator=generator).to(z_detail.device) >= p
             dec_detail = z_detail * keep.to(z_detail.dtype) / (1.0 - p)
-        latent = self._ops.latent_concat(z_base, dec_detail, order=self.config.order)
+        latent = ops.latent_concat(z_base, dec_detail, order=self.config.order)
         sample = self.decode(latent).sample
-        align = self._ops.detail_align_loss(z_detail, z_base, reduction="mean")
-        posterior = DAVAEPosterior(z_base, detail_dist, self.config.order, self.fused)
+        align = ops.detail_align_loss(z_detail, z_base, reduction="mean")
+        posterior = DAVAEPosterior(z_base, detail_dist, self.config.order)
         return DAVAEForwardOutput(sample=sample, latent=latent, base_latent=z_base, detail_latent=z_detail,
                                   posterior=posterior, align_loss=align)
 

@@ -16,6 +16,9 @@ import math
 from typing import Optional
 
 import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling
+
+from ..channels import join_channels
 
 LOSS_MODES = ("velocity", "x0_min_snr")
 
@@ -29,20 +32,18 @@ def detail_weight(step: int, n_warm: int) -> float:
 
 def sample_sigmas(batch: int, shift: float = 4.0, generator: Optional[torch.Generator] = None,
                   mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """SD3's training noise levels: ``u ~ logit-normal(mean, std)`` mapped through the shifted
-    schedule ``sigma = shift u / (1 + (shift - 1) u)``; shape [batch], in (0, 1)."""
-    u = torch.sigmoid(torch.randn(batch, generator=generator) * std + mean)
+    """SD3's training noise levels: ``u ~ logit-normal(mean, std)`` (diffusers'
+    ``compute_density_for_timestep_sampling``) mapped through the shifted schedule
+    ``sigma = shift u / (1 + (shift - 1) u)``; shape [batch], in (0, 1). diffusers' SD3 script
+    instead rounds ``u`` to one of the scheduler's 1000 timesteps; these stay continuous."""
+    u = compute_density_for_timestep_sampling("logit_normal", batch, logit_mean=mean, logit_std=std, generator=generator)
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
 def channel_mask(total: int, base_channels: int, order: str, w: float, device=None) -> torch.Tensor:
     """Per-channel weights: 1 on the base channels, ``w`` on the detail channels; [1, C+D, 1, 1]."""
-    m = torch.full((total,), float(w), device=device)
-    if order == "base_first":
-        m[:base_channels] = 1.0
-    else:
-        m[total - base_channels:] = 1.0
-    return m.view(1, total, 1, 1)
+    base = torch.ones(base_channels, device=device)
+    return join_channels(base, torch.full((total - base_channels,), float(w), device=device), order, dim=0).view(1, total, 1, 1)
 
 
 def flow_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,

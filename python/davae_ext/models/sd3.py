@@ -9,13 +9,13 @@ import torch
 from diffusers import ModelMixin, SD3Transformer2DModel  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
-from . import _validate
-from .nn import DetailPatchEmbed, DetailProjOut
-from .nn._init import check_channels, check_init
+from .. import _validate
+from ..nn import DetailPatchEmbed, DetailProjOut
+from ..nn._init import check_channels, check_init
 
 __all__ = ["DAVAESD3Transformer2DModel", "expand_transformer"]
 # ModelMixin is imported here because diffusers' pipeline loader looks up its base classes in the
-# module a component was saved from (davae_ext.sd3) to pick the component's loading method.
+# module a component was saved from (davae_ext.models.sd3) to pick the component's loading method.
 
 _SD3_ARGS = [n for n in inspect.signature(SD3Transformer2DModel.__init__).parameters if n != "self"]
 
@@ -60,15 +60,16 @@ class DAVAESD3Transformer2DModel(SD3Transformer2DModel):
                 f"DAVAESD3Transformer2DModel: in_channels ({in_channels}) and out_channels ({total_out}) are the "
                 f"base + detail totals and must exceed detail_channels ({detail_channels})"
             )
-        # The stock constructor with the base channel counts, bypassing its own config
-        # registration (this class registered the totals above).
-        SD3Transformer2DModel.__init__.__wrapped__(
-            self, sample_size=sample_size, patch_size=patch_size, in_channels=base_in, num_layers=num_layers,
+        # The stock constructor with the base channel counts. It registers those in the config;
+        # the totals, which this class's own registration wrote before, are written back after.
+        super().__init__(
+            sample_size=sample_size, patch_size=patch_size, in_channels=base_in, num_layers=num_layers,
             attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
             joint_attention_dim=joint_attention_dim, caption_projection_dim=caption_projection_dim,
             pooled_projection_dim=pooled_projection_dim, out_channels=base_out, pos_embed_max_size=pos_embed_max_size,
             dual_attention_layers=dual_attention_layers, qk_norm=qk_norm,
         )
+        self.register_to_config(in_channels=in_channels, out_channels=out_channels)
         self.out_channels = total_out
         self.pos_embed = DetailPatchEmbed(
             height=sample_size, width=sample_size, patch_size=patch_size, base_channels=base_in,
@@ -118,7 +119,10 @@ def expand_transformer(
     state = {k: (v if share_weights else v.clone()) for k, v in transformer.state_dict().items()
              if not k.startswith(widened)}
     missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
-    assert not unexpected and all(k.startswith(widened) for k in missing), (missing, unexpected)
+    stray = unexpected + [k for k in missing if not k.startswith(widened)]
+    if stray:
+        raise RuntimeError(f"expand_transformer: the pretrained state dict does not match the widened model's "
+                           f"layout outside pos_embed and proj_out: {stray[:5]}")
     new.pos_embed = DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused)
     new.proj_out = DetailProjOut.from_linear(transformer.proj_out, base_out, detail_channels,
                                              cfg["patch_size"], init, order)

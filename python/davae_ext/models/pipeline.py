@@ -1,6 +1,6 @@
 """Sampling at ``scale`` times the resolution with the same tokens (paper Sec. 5):
 ``DAVAEStableDiffusion3Pipeline``, diffusers' ``StableDiffusion3Pipeline`` holding an expanded
-transformer (:class:`~davae_ext.sd3.DAVAESD3Transformer2DModel`) and a :class:`~davae_ext.DAVAE`.
+transformer (:class:`~davae_ext.models.sd3.DAVAESD3Transformer2DModel`) and a :class:`~davae_ext.DAVAE`.
 
 Latents have C + D channels on the DA-VAE grid (spatial factor ``scale * f``); base and detail
 channels are denoised jointly; on decode only the detail slice is de-normalised (the DA-VAE's
@@ -38,7 +38,7 @@ class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             raise TypeError(f"DAVAEStableDiffusion3Pipeline: 'vae' must be a davae_ext.DAVAE, got {type(vae).__name__}")
         if not isinstance(transformer, DAVAESD3Transformer2DModel):
             raise TypeError("DAVAEStableDiffusion3Pipeline: 'transformer' must be a DAVAESD3Transformer2DModel "
-                            f"(see davae_ext.sd3.expand_transformer), got {type(transformer).__name__}")
+                            f"(see davae_ext.models.sd3.expand_transformer), got {type(transformer).__name__}")
         total = vae.base_channels + vae.detail_channels
         if transformer.config.in_channels != total or transformer.config.detail_channels != vae.detail_channels:
             raise ValueError(f"DAVAEStableDiffusion3Pipeline: the transformer has {transformer.config.in_channels} latent "

@@ -1,7 +1,7 @@
 """The embedded default model: a tiny SD3.5-Medium-architecture pipeline, built and briefly
 pretrained here on the photos that scikit-image / scikit-learn ship, fully offline.
 
-    python -m davae_ext.tiny [--output-dir DIR] [--quick] [--force]
+    python -m davae_ext.training.tiny [--output-dir DIR] [--quick] [--force]
 
 Architecture (SD3.5-M at toy width): ``AutoencoderKL`` with 16 latent channels and spatial factor
 8 (SD3-style: shift/scaling factors, no quant convs); ``SD3Transformer2DModel`` with patch size 2,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._cache import atomic_dir, cache_root, is_complete
-from ._plot import save_curves
+from .cache import atomic_dir, cache_root, is_complete
+from .plot import save_curves
 from .data import ImageCaptionFolder, sample_photos
+from .evaluation import psnr
 
 VERSION = "tiny-sd35-v2"
 
@@ -147,12 +147,6 @@ def build_transformer(layers: int):
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1]."""
-    mse = F.mse_loss((a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2).item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def _batches(dataset, batch: int, steps: int, generator: torch.Generator):
     n = len(dataset)
     for _ in range(steps):
@@ -315,7 +309,7 @@ def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m davae_ext.tiny", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m davae_ext.training.tiny", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=None,
                         help="where to write the pipeline folder (default: the user cache, reused if complete)")

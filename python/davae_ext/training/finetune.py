@@ -1,0 +1,387 @@
+"""Fine-tuning an SD3 / SD3.5 transformer on a DA-VAE latent (paper Sec. 4): the command line of
+``train/finetune_sd35.py`` (:func:`parser`) and the run it starts (:func:`finetune`).
+
+The transformer is widened with :func:`davae_ext.models.sd3.expand_transformer` (``init="zero"``):
+at step 0 it is the pretrained model on the base channels and predicts 0 for the detail channels,
+which :func:`step0_check` measures on the first batch. The patch embedder and output head train in
+full, the rest through LoRA (or fully with ``--full``). DA-VAE latents and text embeddings are
+computed once per (model, DA-VAE, data) and cached on disk (:func:`latent_cache`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import ops, use_backend
+from ..channels import split_channels
+from ..models.davae import DAVAE
+from ..models.sd3 import expand_transformer
+from .cache import atomic_dir, cache_root, is_complete
+from .common import add_run_arguments, EMA, TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
+from .data import sample_photos
+from .flow import detail_weight, flow_loss, sample_sigmas
+from .lora import add_lora, merge_lora
+from .plot import save_curves
+
+DEFAULT_OUTPUT = "outputs/finetune_sd35"
+DEFAULT_DAVAE_VERSION = "default-davae-v1"
+LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "steps_per_s", "seconds"]
+
+
+def parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """The arguments of ``train/finetune_sd35.py``, each with its default in its help."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, DEFAULT_OUTPUT, steps=300, batch_size=8)
+    a = p.add_argument
+    a("--model", default=None, help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
+    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on --model's VAE by train_vae.py, 300 steps, with --mixed-precision, and cached)")
+    a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
+    a("--synthetic", type=int, default=0, help="first generate this many training images with the base pipeline (default: 0 = use --data)")
+    a("--prompts", default=None, help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
+    a("--resolution", type=int, default=None, help="training image size (default: the transformer's sample size x the DA-VAE factor)")
+    a("--crops-per-image", type=int, default=4, help="random crops / flips cached per image (default: 4)")
+    a("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    a("--full", action="store_true", help="train every transformer weight instead of LoRA (default: LoRA)")
+    a("--lora-rank", type=int, default=256, help="LoRA rank (default: 256)")
+    a("--lora-alpha", type=float, default=256, help="LoRA alpha (default: 256)")
+    a("--lora-targets", default="to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear",
+      help="comma-separated LoRA target modules (default: to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear)")
+    a("--shift", type=float, default=4.0, help="timestep shift of the training schedule (default: 4.0)")
+    a("--caption-dropout", type=float, default=0.1, help="probability of the empty prompt (default: 0.1)")
+    a("--n-warm", type=int, default=None, help="N_warm of Eq. 12 in steps (default: min(10000, steps / 2))")
+    a("--loss-mode", choices=["velocity", "x0_min_snr"], default="velocity",
+      help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant (default: velocity)")
+    a("--min-snr-gamma", type=float, default=5.0, help="gamma of --loss-mode x0_min_snr (default: 5.0)")
+    a("--ema-decay", type=float, default=0.999, help="EMA decay of the trainable weights, used for sampling (default: 0.999)")
+    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision, also of the default DA-VAE's training (default: no)")
+    a("--fused", action="store_true", help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
+    a("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
+    a("--sample-steps", type=int, default=20, help="denoising steps of the final sample grid (default: 20)")
+    a("--guidance", type=float, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
+    a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
+    return p
+
+
+def finetune(args: argparse.Namespace) -> dict:
+    """Runs the fine-tuning ``args`` describe; returns the summary also written to ``summary.json``."""
+    with use_backend("fused" if args.fused else "reference"):
+        run = TrainingRun(args, LOG_FIELDS)
+        original, davae, resolution = load_models(args, run)
+        data = training_images(args, run, resolution)
+        cache, reused = latent_cache(args, run, davae, data, resolution)
+        tuner = _Tuner(args, run, original, davae, cache)
+        del davae  # the latents are cached; finish() reloads the DA-VAE for the pipeline
+        start = tuner.resume_or_check(run.resume_state(), original)
+        del original
+        summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
+                   "trainable_parameters": sum(p.numel() for _, p in tuner.trainable(tuner.transformer)),
+                   "cache_reused": reused, "step0": tuner.step0}
+        tuner.prepare()
+        run.begin(start)
+        for step in (bar := run.steps(start, "fine-tune")):
+            row = tuner.step(step)
+            row |= {"steps_per_s": (step + 1 - start) / max(run.elapsed(), 1e-9), "seconds": round(run.elapsed(), 3)}
+            run.log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", w=f"{row['detail_weight']:.3f}", it_s=f"{row['steps_per_s']:.2f}")
+            if run.end_step(step + 1, tuner.checkpoint_state):
+                run.accelerator.end_training()
+                return summary
+        summary |= run.finish(tuner.core)
+        if run.is_main:
+            tuner.plot_losses()
+            if not args.no_sample:
+                summary["pipeline"] = str(finish(tuner.core, tuner.ema, args, run.out, resolution))
+            print(f"fine-tuning done: outputs in {run.out.resolve()}")
+        run.write_summary(summary)
+        run.accelerator.end_training()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+def check_sd3_pipeline(path: str) -> None:
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"--model {path!r} is not a diffusers pipeline folder (no model_index.json)")
+    cls = json.loads(index.read_text()).get("_class_name", "")
+    tcfg = Path(path) / "transformer" / "config.json"
+    tcls = json.loads(tcfg.read_text()).get("_class_name", "") if tcfg.is_file() else ""
+    if "StableDiffusion3" not in cls or tcls != "SD3Transformer2DModel":
+        raise ValueError(f"--model {path!r} is not an SD3 pipeline: model_index.json names {cls!r} and the transformer "
+                         f"is {tcls or 'missing'!r} (expected a StableDiffusion3Pipeline with an SD3Transformer2DModel)")
+
+
+def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no") -> str:
+    """A DA-VAE on ``model``'s VAE, trained on first use with train_vae.py's defaults and cached
+    under a key of the model folder and its VAE's files (another model never reuses it). It
+    trains in this process, whose accelerate state is already set: with the same
+    ``mixed_precision`` (accelerate refuses a second, different one), which is part of the key."""
+    from . import vae as vae_training
+
+    h = hashlib.sha256(str(Path(model).resolve()).encode())
+    for f in sorted((Path(model) / "vae").glob("*")):
+        h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    precision = "" if mixed_precision == "no" else f"-{mixed_precision}"
+    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}{'-quick' if quick else ''}{precision}-{h.hexdigest()[:12]}"
+    if is_complete(folder):
+        return str(folder / "davae")
+    recipe = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
+             ["--steps", "300"]  # train_vae.py's defaults otherwise
+    with atomic_dir(folder) as tmp:
+        vae_training.train_davae(vae_training.parser().parse_args(
+            ["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused", "--mixed-precision", mixed_precision]
+            + ([] if progress else ["--no-progress"])))
+    return str(folder / "davae")
+
+
+def load_models(args, run: TrainingRun):
+    """The pretrained transformer and the DA-VAE, built on first use where not given (by the main
+    process; the others then read the cache), and checked against each other."""
+    from diffusers import SD3Transformer2DModel
+
+    if args.model is None:
+        from .tiny import build_tiny_sd35
+
+        with run.accelerator.main_process_first():
+            args.model = str(build_tiny_sd35(quick=args.quick_default, progress=run.progress))
+    check_sd3_pipeline(args.model)
+    if args.davae is None:
+        with run.accelerator.main_process_first():
+            args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision)
+    if not (Path(args.davae) / "config.json").is_file():
+        raise ValueError(f"--davae {args.davae!r} is not a DA-VAE folder (no config.json); train one with train/train_vae.py")
+    davae = DAVAE.from_pretrained(args.davae).to(run.device).eval()
+    davae.requires_grad_(False)
+    original = SD3Transformer2DModel.from_pretrained(args.model, subfolder="transformer")
+    C = original.config.in_channels
+    if davae.base_channels != C:
+        raise ValueError(f"--davae {args.davae!r} has {davae.base_channels} base channels but the transformer of "
+                         f"--model {args.model!r} has {C} latent channels; they must match")
+    if davae.config.detail_mean is None:
+        raise ValueError(f"--davae {args.davae!r} has no detail latent statistics (run calibrate_latent_stats, "
+                         "as train_vae.py does at the end)")
+    resolution = args.resolution or original.config.sample_size * davae.spatial_factor
+    multiple = davae.spatial_factor * original.config.patch_size
+    if resolution % multiple:
+        raise ValueError(f"--resolution {resolution} must be a multiple of {multiple} (DA-VAE factor x patch size)")
+    return original, davae, resolution
+
+
+def training_images(args, run: TrainingRun, resolution: int) -> str:
+    """The image folder to train on: ``--data`` (or the shipped photos), or ``--synthetic`` images
+    generated first by the base pipeline."""
+    if args.synthetic <= 0:
+        return args.data or str(sample_photos("train"))
+    folder = str(run.out / "synthetic")
+    if run.is_main:
+        from diffusers import StableDiffusion3Pipeline
+
+        from .synthetic import DEFAULT_PROMPTS, generate, read_prompts
+
+        prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
+        base_pipe = StableDiffusion3Pipeline.from_pretrained(args.model).to(run.device)
+        generate(base_pipe, prompts, args.synthetic, folder, resolution, seed=args.seed, progress=run.progress)
+        del base_pipe
+    run.accelerator.wait_for_everyone()
+    return folder
+
+
+def cache_key(model: str, davae: str, data: str, resolution: int, crops: int, seed: int) -> str:
+    h = hashlib.sha256()
+    for folder in (model, davae):
+        for cfg in sorted(Path(folder).rglob("*.json")):
+            h.update(str(cfg.relative_to(folder)).encode() + cfg.read_bytes())
+        for w in sorted(Path(folder).rglob("*.safetensors")):
+            st = w.stat()
+            h.update(f"{w.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in sorted(Path(data).iterdir()):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(f"{resolution}:{crops}:{seed}:v1".encode())
+    return h.hexdigest()[:24]
+
+
+def latent_cache(args, run: TrainingRun, davae: DAVAE, data: str, resolution: int) -> tuple[dict, bool]:
+    """The cached latents and text embeddings of ``data`` (built by the main process if missing),
+    and whether they were reused."""
+    folder = cache_root() / "finetune_cache" / cache_key(args.model, args.davae, data, resolution,
+                                                         args.crops_per_image, args.seed)
+    with run.accelerator.main_process_first():
+        reused = is_complete(folder)
+        if not reused:
+            with atomic_dir(folder) as tmp:
+                build_cache(args.model, davae, data, resolution, args.crops_per_image, args.seed, tmp, run.progress)
+    run.accelerator.print(f"latent / text cache {'reused' if reused else 'built'}: {folder}")
+    return torch.load(folder / "cache.pt", map_location="cpu"), reused
+
+
+@torch.no_grad()
+def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed: int, folder: Path, progress: bool) -> None:
+    """DA-VAE latents (normalised; base and detail stored apart) of ``crops`` random crops/flips
+    per image, and the text embeddings of every caption plus the empty prompt."""
+    from diffusers import StableDiffusion3Pipeline
+    from tqdm.auto import tqdm
+
+    from .data import ImageCaptionFolder
+
+    ds = ImageCaptionFolder(data, resolution, seed=seed)
+    base, detail, captions = [], [], []
+    for _ in tqdm(range(crops), desc="caching DA-VAE latents", disable=not progress):
+        for i in range(len(ds)):
+            item = ds[i]
+            z = davae.normalize_latents(davae.encode(item["pixel_values"][None].to(davae.device)).latent_dist.mode())
+            b, d = davae.split_latents(z)
+            base.append(b.cpu())
+            detail.append(d.cpu())
+            captions.append(item["caption"])
+    unique = sorted(set(captions)) + [""]
+    pipe = StableDiffusion3Pipeline.from_pretrained(model, transformer=None, vae=None)
+    embeds, pooled = [], []
+    for i in range(0, len(unique), 8):
+        chunk = unique[i:i + 8]
+        e, _, p, _ = pipe.encode_prompt(chunk, chunk, chunk, do_classifier_free_guidance=False)
+        embeds.append(e.cpu())
+        pooled.append(p.cpu())
+    index = {c: i for i, c in enumerate(unique)}
+    torch.save({"base": torch.cat(base), "detail": torch.cat(detail), "caption_index": torch.tensor([index[c] for c in captions]),
+                "captions": unique, "prompt_embeds": torch.cat(embeds), "pooled": torch.cat(pooled)},
+               folder / "cache.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+class _Tuner:
+    """The widened transformer, its optimiser and EMA, the per-step batches and the step."""
+
+    def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
+        self.args, self.run, self.cache = args, run, cache
+        self.order, self.C = davae.config.order, davae.base_channels
+        self.step0: Optional[dict] = None
+        transformer = expand_transformer(original, davae.detail_channels, init="zero", order=self.order, fused=args.fused)
+        if args.full:
+            transformer.requires_grad_(True)
+        else:
+            add_lora(transformer, args.lora_rank, args.lora_alpha, [t for t in args.lora_targets.split(",") if t])
+        if args.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.transformer = transformer
+        self.ema = EMA(self.trainable(transformer), args.ema_decay)
+        self.opt = torch.optim.AdamW([p for _, p in self.trainable(transformer)], lr=args.lr, betas=(0.9, 0.999),
+                                     weight_decay=0.0)
+        self.n_warm = args.n_warm if args.n_warm is not None else min(10000, args.steps // 2)
+
+    @staticmethod
+    def trainable(model) -> list:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def batch(self, step: int):
+        """Step ``step``'s latents, noise, noise levels and text embeddings (10% empty prompts)."""
+        args, run, cache = self.args, self.run, self.cache
+        idx = batch_indices(len(cache["base"]), args.batch_size, args.seed, step, run.rank, run.world)
+        x0 = ops.latent_concat(cache["base"][idx], cache["detail"][idx], order=self.order)
+        g = step_generator(args.seed, step, run.rank)
+        keys = cache["caption_index"][idx].clone()
+        keys[torch.rand(len(idx), generator=g) < args.caption_dropout] = len(cache["captions"]) - 1  # the empty prompt
+        sigmas = sample_sigmas(len(idx), args.shift, g)
+        noise = torch.randn(x0.shape, generator=g)
+        dev = run.device
+        return (x0.to(dev), noise.to(dev), sigmas.to(dev), cache["prompt_embeds"][keys].to(dev), cache["pooled"][keys].to(dev))
+
+    def resume_or_check(self, state: Optional[dict], original) -> int:
+        """The step to start from: a checkpoint's (with the step-0 check it recorded), or 0 after
+        the step-0 check on the first batch."""
+        if state is None:
+            self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
+                                     self.batch(0), self.C, self.order)
+            self.run.accelerator.print(f"step 0: {self.step0}")
+            return 0
+        self.transformer.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step0 = state.get("step0")
+        return int(state["step"])
+
+    def prepare(self) -> None:
+        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
+        self.core = self.run.accelerator.unwrap_model(self.transformer)
+        self.transformer.train()
+
+    def step(self, step: int) -> dict:
+        args, acc = self.args, self.run.accelerator
+        w = detail_weight(step, self.n_warm)
+        x0, noise, sigmas, emb, pooled = self.batch(step)
+        s = sigmas.view(-1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        with acc.autocast():
+            pred = self.transformer(xt, emb, pooled, sigmas * 1000).sample
+        parts = flow_loss(pred.float(), x0, noise, sigmas, self.C, self.order, w, args.loss_mode, args.min_snr_gamma)
+        self.opt.zero_grad(set_to_none=True)
+        acc.backward(parts["loss"])
+        if args.grad_clip > 0:
+            acc.clip_grad_norm_([p for _, p in self.trainable(self.core)], args.grad_clip)
+        self.opt.step()
+        self.ema.update(self.trainable(self.core))
+        return {"step": step, "loss": parts["loss"].item(), "base_mse": parts["base_mse"].item(),
+                "detail_mse": parts["detail_mse"].item(), "detail_weight": w}
+
+    def checkpoint_state(self) -> dict:
+        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
+                "step0": self.step0}
+
+    def plot_losses(self) -> None:
+        log = self.run.out / "log.csv"
+        save_curves(self.run.out / "loss_curves.png",
+                    {"base channels (MSE)": csv_column(log, "base_mse"), "detail channels (MSE)": csv_column(log, "detail_mse")},
+                    title=f"fine-tuning on the DA-VAE latent ({'full' if self.args.full else 'LoRA'}, N_warm={self.n_warm})")
+
+
+@torch.no_grad()
+def step0_check(transformer, original, batch, base_channels: int, order: str) -> dict:
+    """The warm start of Sec. 4.1 measured on one batch: the widened model's base-channel
+    prediction against the pretrained model's, its detail prediction, and both base losses."""
+    x0, noise, sigmas, emb, pooled = batch
+    s = sigmas.view(-1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    t = sigmas * 1000
+    pred = transformer(xt, emb, pooled, t).sample
+    pred_base, pred_detail = split_channels(pred, base_channels, order)
+    base_x0, base_xt, base_noise = (split_channels(x, base_channels, order)[0] for x in (x0, xt, noise))
+    ref = original(base_xt, emb, pooled, t).sample
+    return {
+        "max_abs_diff_base_prediction": float((pred_base - ref).abs().max()),
+        "max_abs_detail_prediction": float(pred_detail.abs().max()),
+        "base_loss_expanded": float(flow_loss(pred, x0, noise, sigmas, base_channels, order, w=0.0)["loss"]),
+        "base_loss_original": float(((ref - (base_noise - base_x0)) ** 2).mean()),
+    }
+
+
+def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
+    """EMA weights into the transformer, LoRA merged, pipeline saved, sample grid drawn."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ..models.pipeline import DAVAEStableDiffusion3Pipeline
+    from .synthetic import DEFAULT_PROMPTS
+
+    transformer.eval()
+    ema.copy_to([(n, p) for n, p in transformer.named_parameters() if n in ema.shadow])
+    if not args.full:
+        merge_lora(transformer)
+    base = StableDiffusion3Pipeline.from_pretrained(args.model, transformer=None, vae=None)
+    davae = DAVAE.from_pretrained(args.davae).to(transformer.device).eval()
+    pipe = DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
+    pipe.scheduler.register_to_config(shift=args.shift)
+    pipe.save_pretrained(out / "pipeline")
+    prompts = list(DEFAULT_PROMPTS)
+    images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
+                  guidance_scale=args.guidance, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
+                  output_type="pt").images
+    save_grid(out / "samples.png", [images * 2 - 1])
+    return out / "pipeline"

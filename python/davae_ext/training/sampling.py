@@ -1,0 +1,109 @@
+"""Sampling with a DA-VAE pipeline and against its base model at the same output resolution:
+what ``train/sample.py`` runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
+
+
+def prompts_of(prompt: Optional[Sequence[str]], prompt_file: Optional[str]) -> list[str]:
+    """The ``--prompt`` values, then the lines of ``--prompts``; the fixed default prompts if neither."""
+    from .synthetic import DEFAULT_PROMPTS, read_prompts
+
+    prompts = list(prompt or []) + (read_prompts(prompt_file) if prompt_file else [])
+    return prompts or list(DEFAULT_PROMPTS)
+
+
+def ensure_pipeline(path: str, progress: bool) -> Path:
+    """``path`` as a DA-VAE pipeline folder; the default one is built by the default fine-tuning
+    run when missing."""
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        if path != DEFAULT_PIPELINE:
+            raise ValueError(f"--pipeline {path!r} is not a pipeline folder (no model_index.json)")
+        from .finetune import finetune, parser
+
+        finetune(parser().parse_args(["--fused", "--output-dir", str(folder.parent)] + ([] if progress else ["--no-progress"])))
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("vae", [None, None])[1] != "DAVAE":
+        raise ValueError(f"--pipeline {path!r} has no DA-VAE (its vae is {index.get('vae')}); "
+                         "give a folder written by train/finetune_sd35.py")
+    return folder
+
+
+def load_pipeline(cls, folder, device: str, dtype: torch.dtype, shift: float):
+    """``cls.from_pretrained(folder)`` on ``device`` in ``dtype`` with a flow-matching scheduler of ``shift``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, prompts: Sequence[str], resolution: int, *, seed: int, steps: int, guidance: float, batch_size: int,
+           negative_prompt: Optional[str] = None, label: str = "", progress: bool = True):
+    """Every prompt in batches (image i seeded with seed + i); the PIL images and images/s (the
+    first batch, warm-up, included)."""
+    from tqdm.auto import tqdm
+
+    images = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(prompts), batch_size), desc=label, disable=not progress):
+        chunk = list(prompts[i:i + batch_size])
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        neg = [negative_prompt] * len(chunk) if negative_prompt else None
+        images += pipe(chunk, negative_prompt=neg, height=resolution, width=resolution, num_inference_steps=steps,
+                       guidance_scale=guidance, generator=gens).images
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return images, len(prompts) / (time.perf_counter() - start)
+
+
+def save_images(images, out: Path) -> list[str]:
+    """One PNG per image and ``grid.png`` (four columns at most); the file names."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, im in enumerate(images):
+        files.append(f"{k:04d}.png")
+        im.save(out / files[-1])
+    image_grid(images).save(out / "grid.png")
+    return files
+
+
+def image_grid(images, cols: int = 4):
+    from PIL import Image
+
+    cols = min(cols, len(images))
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    g = Image.new("RGB", (cols * w, rows * h), "white")
+    for k, im in enumerate(images):
+        g.paste(im, ((k % cols) * w, (k // cols) * h))
+    return g
+
+
+def side_by_side(left, right):
+    from PIL import Image
+
+    both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    return both
+
+
+def base_model_of(pipe_dir: Path) -> str:
+    """The base SD3 pipeline a fine-tuning run used (its ``args.json``)."""
+    args_file = Path(pipe_dir).parent / "args.json"
+    if args_file.is_file():
+        model = json.loads(args_file.read_text()).get("model")
+        if model:
+            return model
+    raise ValueError("--compare-native needs --base-model (the pipeline folder does not record its base model)")
