@@ -95,7 +95,7 @@ def test_bad_input(pipes, quick_pipeline):
     script = Path(__file__).resolve().parents[1] / "train" / "sample.py"
     p = subprocess.run([sys.executable, str(script), "--pipeline", str(quick_pipeline), "--steps", "1", "--no-progress"],
                        capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0 and "has no DA-VAE" in p.stderr
+    assert p.returncode == 2 and "expected a pipeline with a DA-VAE" in p.stderr
 
 
 def test_sample_script(pipes, tmp_path):

@@ -65,6 +65,25 @@ def test_resume_matches_uninterrupted(quick_pipeline, tmp_path):
     assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2", "3", "4"]
 
 
+def test_resume_passes_over_a_truncated_checkpoint(quick_pipeline, tmp_path):
+    """The newest checkpoint cut in half: --resume warns naming it and continues from the one
+    before; with every checkpoint damaged it fails naming them."""
+    out = tmp_path / "run"
+    base = ["--base-vae", str(quick_pipeline), "--checkpoint-every", "1", "--no-eval", "--output-dir", str(out), *FAST]
+    run([*base, "--steps", "3"])
+    newest = out / "checkpoints" / "step_0000003.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    p = run([*base, "--steps", "4", "--resume"])
+    assert "step_0000003.pt is unreadable" in p.stderr
+    assert "at step 2" in p.stdout + p.stderr
+    log = (out / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2", "3"]
+    for checkpoint in (out / "checkpoints").glob("step_*.pt"):
+        checkpoint.write_bytes(b"damaged")
+    p = run([*base, "--steps", "5", "--resume"], check=False)
+    assert p.returncode != 0 and "can be loaded" in p.stderr and "step_0000004.pt" in p.stderr
+
+
 def test_bf16_and_gradient_checkpointing(quick_pipeline, tmp_path):
     out = tmp_path / "bf16"
     run(["--base-vae", str(quick_pipeline), "--output-dir", str(out), "--steps", "2", "--no-eval", "--mixed-precision", "bf16",
@@ -82,14 +101,14 @@ def test_two_cpu_processes_hold_identical_weights(quick_pipeline, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--base-channels", "4"], "--base-channels 4 does not match the base VAE"),
-    (["--lpips-weights", "/nonexistent/lpips.pth"], "--lpips-weights '/nonexistent/lpips.pth' does not exist"),
-    (["--resolution", "40"], "--resolution 40 must be a multiple of the DA-VAE's spatial factor 16"),
+    (["--base-channels", "4"], "--base-channels 4: the base VAE has 16 latent channels"),
+    (["--lpips-weights", "/nonexistent/lpips.pth"], "--lpips-weights '/nonexistent/lpips.pth': expected an existing file"),
+    (["--resolution", "40"], "--resolution 40: expected a multiple of 16"),
 ])
 def test_bad_input_fails_before_training(quick_pipeline, tmp_path, extra, message):
     size = [] if "--resolution" in extra else ["--resolution", "32"]
     p = run(["--base-vae", str(quick_pipeline), "--output-dir", str(tmp_path / "bad"), "--steps", "2", *SMALL, *size, *extra],
             check=False)
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert message in p.stderr
-    assert not (tmp_path / "bad" / "log.csv").exists()
+    assert not (tmp_path / "bad").exists()

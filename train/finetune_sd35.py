@@ -20,11 +20,15 @@ loss_curves.png (base and detail channels), samples.png (fixed prompts, 2x resol
 weights), summary.json and pipeline/ (a DAVAEStableDiffusion3Pipeline folder for train/sample.py).
 """
 
-from davae_ext.training.finetune import finetune, parser
+from davae_ext.training.cli import check_finetune, finetune_parser
 
 
-def main(argv=None) -> dict:
-    return finetune(parser(__doc__).parse_args(argv))
+def main(argv=None):
+    parser = finetune_parser(__doc__)
+    args = check_finetune(parser, parser.parse_args(argv))
+    from davae_ext.training.finetune import finetune
+
+    return finetune(args)
 
 
 if __name__ == "__main__":

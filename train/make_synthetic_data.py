@@ -8,31 +8,12 @@ written are kept, so a killed run continues where it stopped).
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-DEFAULT_OUTPUT = "outputs/synthetic"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="SD3 pipeline folder (default: the embedded tiny SD3.5 pipeline)")
-    p.add_argument("--prompts", default=None, help="prompt file, one per line, cycled (default: four fixed prompts)")
-    p.add_argument("--count", type=int, default=16, help="number of images (default: 16)")
-    p.add_argument("--resolution", type=int, default=None, help="image size (default: the pipeline's own)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
-    p.add_argument("--guidance", type=float, default=2.5, help="CFG scale (default: 2.5)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per call (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: cuda if available)")
-    p.add_argument("--output-dir", default=DEFAULT_OUTPUT, help=f"image folder to write (default: {DEFAULT_OUTPUT})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
-    return p.parse_args(argv)
+from davae_ext.training.cli import check_synthetic, synthetic_parser
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = synthetic_parser(__doc__)
+    args = check_synthetic(parser, parser.parse_args(argv))
     from diffusers import StableDiffusion3Pipeline
 
     from davae_ext.training.synthetic import DEFAULT_PROMPTS, generate, read_prompts

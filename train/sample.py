@@ -11,43 +11,17 @@ and saves the two grids side by side (compare.png).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from davae_ext.training.sampling import DEFAULT_PIPELINE
-
-DEFAULT_OUTPUT = "outputs/sample"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--pipeline", default=DEFAULT_PIPELINE,
-      help=f"DAVAEStableDiffusion3Pipeline folder (default: {DEFAULT_PIPELINE}, built by the default fine-tuning run if missing)")
-    a("--prompt", action="append", default=None, help="a prompt (repeatable) (default: four fixed prompts)")
-    a("--prompts", default=None, help="prompt file, one per line (default: none)")
-    a("--negative-prompt", default=None, help="negative prompt for every image (default: none)")
-    a("--seed", type=int, default=0, help="seed of image i is seed + i (default: 0)")
-    a("--steps", type=int, default=30, help="denoising steps (default: 30)")
-    a("--guidance", type=float, default=2.5, help="classifier-free guidance scale (default: 2.5)")
-    a("--shift", type=float, default=4.0, help="scheduler timestep shift (default: 4.0)")
-    a("--resolution", type=int, default=None, help="output size, e.g. 1024 or 2048 on SD3.5-M (default: the pipeline's own size)")
-    a("--batch-size", type=int, default=4, help="images per pipeline call (default: 4)")
-    a("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused patch embedding (default: on)")
-    a("--compare-native", action="store_true", help="also sample with the base pipeline at the same resolution (default: off)")
-    a("--base-model", default=None, help="base SD3 pipeline for --compare-native (default: the one the fine-tuning run used)")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: cuda if available)")
-    a("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    a("--output-dir", default=DEFAULT_OUTPUT, help=f"where images and samples.json go (default: {DEFAULT_OUTPUT})")
-    a("--no-progress", action="store_true", help="no progress bars (default: shown)")
-    return p.parse_args(argv)
+from davae_ext.training.cli import check_sample, sample_parser
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = sample_parser(__doc__)
+    args = check_sample(parser, parser.parse_args(argv))
     from diffusers import StableDiffusion3Pipeline
 
     from davae_ext.models.pipeline import DAVAEStableDiffusion3Pipeline

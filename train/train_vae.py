@@ -16,11 +16,15 @@ reconstructions.png (rows: input, base VAE at 1/2 resolution upsampled, DA-VAE),
 davae/ (save_pretrained, with the detail latent statistics).
 """
 
-from davae_ext.training.vae import parser, train_davae
+from davae_ext.training.cli import check_train_vae, train_vae_parser
 
 
-def main(argv=None) -> dict:
-    return train_davae(parser(__doc__).parse_args(argv))
+def main(argv=None):
+    parser = train_vae_parser(__doc__)
+    args = check_train_vae(parser, parser.parse_args(argv))
+    from davae_ext.training.vae import train_davae
+
+    return train_davae(args)
 
 
 if __name__ == "__main__":

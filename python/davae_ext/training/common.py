@@ -4,13 +4,13 @@ sees exactly what an uninterrupted one would), atomic checkpoints, a resumable C
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -39,11 +39,21 @@ def batch_indices(n_items: int, global_batch: int, seed: int, step: int, rank: i
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded, or that lacks what a run needs to resume."""
+
+
 def save_checkpoint(folder: os.PathLike, step: int, state: dict, keep: int = 2) -> Path:
-    """Write ``folder/step_<n>.pt`` atomically (temporary file, fsync, rename) and keep the
-    newest ``keep`` checkpoints."""
+    """Write ``folder/step_<n>.pt`` atomically and keep the newest ``keep`` checkpoints.
+
+    The state goes to a temporary file (a name :func:`list_checkpoints` never lists), is flushed
+    and fsynced, then renamed over the final name and the folder fsynced: a writer killed at any
+    point leaves every earlier checkpoint as it was, and at most a temporary file, removed by the
+    next save."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".step_*.pt.tmp-*"):
+        stale.unlink(missing_ok=True)
     final = folder / f"step_{step:07d}.pt"
     tmp = folder / f".step_{step:07d}.pt.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -51,6 +61,11 @@ def save_checkpoint(folder: os.PathLike, step: int, state: dict, keep: int = 2) 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final
@@ -69,8 +84,37 @@ def latest_checkpoint(folder: os.PathLike) -> Optional[Path]:
     return found[-1] if found else None
 
 
+REQUIRED_KEYS = ("step", "model", "optimizer")
+
+
 def load_checkpoint(path: os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint's state, or :class:`CheckpointError` naming the file when it is unreadable
+    (truncated, corrupt) or lacks the keys a resume needs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}")
+    return state
+
+
+def load_latest_checkpoint(folder: os.PathLike) -> Optional[tuple[Path, dict]]:
+    """The newest checkpoint in ``folder`` that loads, with its state (None: there is none). A
+    newer one that does not load is named in a warning and passed over; if none loads,
+    :class:`CheckpointError` names them all. A state is returned whole or not at all."""
+    found = list_checkpoints(folder)
+    errors = []
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            warnings.warn(f"{exc}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
+    if errors:
+        raise CheckpointError(f"no checkpoint in {folder} can be loaded: " + "; ".join(errors))
+    return None
 
 
 def trainable_state(model: torch.nn.Module) -> dict:
@@ -195,23 +239,6 @@ def write_rank_fingerprint(out: os.PathLike, rank: int, world: int, digest: str)
         (folder / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "fingerprint": digest}))
 
 
-def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, batch_size: int) -> None:
-    """The arguments :class:`TrainingRun` reads, shared by both trainers' command lines."""
-    a = p.add_argument
-    a("--output-dir", default=output_dir, help=f"where everything is written (default: {output_dir})")
-    a("--steps", type=int, default=steps, help=f"optimizer steps (default: {steps})")
-    a("--batch-size", type=int, default=batch_size,
-      help=f"global batch size, split over processes (default: {batch_size})")
-    a("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
-    a("--gradient-checkpointing", action="store_true", help="recompute activations in backward (default: off)")
-    a("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
-    a("--keep-checkpoints", type=int, default=2, help="checkpoints kept (default: 2)")
-    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (default: off)")
-    a("--seed", type=int, default=0, help="seed of every batch, crop and noise draw (default: 0)")
-    a("--no-progress", action="store_true", help="no tqdm progress bar (default: shown)")
-    a("--quick-default", action="store_true", help=argparse.SUPPRESS)  # tests: the quick tiny models
-
-
 class TrainingRun:
     """The bookkeeping around a training loop, the same for both trainers.
 
@@ -239,14 +266,14 @@ class TrainingRun:
         return self.accelerator.device
 
     def resume_state(self) -> Optional[dict]:
-        """The newest checkpoint's contents with ``--resume`` (None: start from step 0)."""
+        """The newest loadable checkpoint's state with ``--resume`` (None without it). A newer
+        checkpoint that does not load is passed over with a warning naming it."""
         if not self.args.resume:
             return None
-        path = latest_checkpoint(self.checkpoints)
-        if path is None:
-            self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting from step 0")
-            return None
-        state = load_checkpoint(path)
+        found = load_latest_checkpoint(self.checkpoints)
+        if found is None:
+            raise ValueError(f"--resume: no checkpoint in {self.checkpoints} (drop --resume to start from step 0)")
+        path, state = found
         self.accelerator.print(f"resumed from {path} at step {int(state['step'])}")
         return state
 

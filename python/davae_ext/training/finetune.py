@@ -1,5 +1,5 @@
-"""Fine-tuning an SD3 / SD3.5 transformer on a DA-VAE latent (paper Sec. 4): the command line of
-``train/finetune_sd35.py`` (:func:`parser`) and the run it starts (:func:`finetune`).
+"""Fine-tuning an SD3 / SD3.5 transformer on a DA-VAE latent (paper Sec. 4): the run
+``train/finetune_sd35.py`` starts (:func:`finetune`; its arguments: :func:`.cli.finetune_parser`).
 
 The transformer is widened with :func:`davae_ext.models.sd3.expand_transformer` (``init="zero"``):
 at step 0 it is the pretrained model on the base channels and predicts 0 for the detail channels,
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -23,53 +22,19 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.sd3 import expand_transformer
 from .cache import atomic_dir, cache_root, is_complete
-from .common import add_run_arguments, EMA, TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
+from .common import EMA, TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import add_lora, merge_lora
 from .plot import save_curves
 
-DEFAULT_OUTPUT = "outputs/finetune_sd35"
 DEFAULT_DAVAE_VERSION = "default-davae-v1"
 LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "steps_per_s", "seconds"]
 
 
-def parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    """The arguments of ``train/finetune_sd35.py``, each with its default in its help."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(p, DEFAULT_OUTPUT, steps=300, batch_size=8)
-    a = p.add_argument
-    a("--model", default=None, help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
-    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on --model's VAE by train_vae.py, 300 steps, with --mixed-precision, and cached)")
-    a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
-    a("--synthetic", type=int, default=0, help="first generate this many training images with the base pipeline (default: 0 = use --data)")
-    a("--prompts", default=None, help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
-    a("--resolution", type=int, default=None, help="training image size (default: the transformer's sample size x the DA-VAE factor)")
-    a("--crops-per-image", type=int, default=4, help="random crops / flips cached per image (default: 4)")
-    a("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
-    a("--full", action="store_true", help="train every transformer weight instead of LoRA (default: LoRA)")
-    a("--lora-rank", type=int, default=256, help="LoRA rank (default: 256)")
-    a("--lora-alpha", type=float, default=256, help="LoRA alpha (default: 256)")
-    a("--lora-targets", default="to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear",
-      help="comma-separated LoRA target modules (default: to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear)")
-    a("--shift", type=float, default=4.0, help="timestep shift of the training schedule (default: 4.0)")
-    a("--caption-dropout", type=float, default=0.1, help="probability of the empty prompt (default: 0.1)")
-    a("--n-warm", type=int, default=None, help="N_warm of Eq. 12 in steps (default: min(10000, steps / 2))")
-    a("--loss-mode", choices=["velocity", "x0_min_snr"], default="velocity",
-      help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant (default: velocity)")
-    a("--min-snr-gamma", type=float, default=5.0, help="gamma of --loss-mode x0_min_snr (default: 5.0)")
-    a("--ema-decay", type=float, default=0.999, help="EMA decay of the trainable weights, used for sampling (default: 0.999)")
-    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision, also of the default DA-VAE's training (default: no)")
-    a("--fused", action="store_true", help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
-    a("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
-    a("--sample-steps", type=int, default=20, help="denoising steps of the final sample grid (default: 20)")
-    a("--guidance", type=float, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
-    a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
-    return p
-
-
 def finetune(args: argparse.Namespace) -> dict:
-    """Runs the fine-tuning ``args`` describe; returns the summary also written to ``summary.json``."""
+    """Runs the fine-tuning ``args`` describe (parsed and checked by :mod:`.cli`); returns the
+    summary also written to ``summary.json``."""
     with use_backend("fused" if args.fused else "reference"):
         run = TrainingRun(args, LOG_FIELDS)
         original, davae, resolution = load_models(args, run)
@@ -106,24 +71,13 @@ def finetune(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def check_sd3_pipeline(path: str) -> None:
-    index = Path(path) / "model_index.json"
-    if not index.is_file():
-        raise ValueError(f"--model {path!r} is not a diffusers pipeline folder (no model_index.json)")
-    cls = json.loads(index.read_text()).get("_class_name", "")
-    tcfg = Path(path) / "transformer" / "config.json"
-    tcls = json.loads(tcfg.read_text()).get("_class_name", "") if tcfg.is_file() else ""
-    if "StableDiffusion3" not in cls or tcls != "SD3Transformer2DModel":
-        raise ValueError(f"--model {path!r} is not an SD3 pipeline: model_index.json names {cls!r} and the transformer "
-                         f"is {tcls or 'missing'!r} (expected a StableDiffusion3Pipeline with an SD3Transformer2DModel)")
-
-
 def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no") -> str:
     """A DA-VAE on ``model``'s VAE, trained on first use with train_vae.py's defaults and cached
     under a key of the model folder and its VAE's files (another model never reuses it). It
     trains in this process, whose accelerate state is already set: with the same
     ``mixed_precision`` (accelerate refuses a second, different one), which is part of the key."""
-    from . import vae as vae_training
+    from .cli import train_vae_parser
+    from .vae import train_davae
 
     h = hashlib.sha256(str(Path(model).resolve()).encode())
     for f in sorted((Path(model) / "vae").glob("*")):
@@ -135,15 +89,16 @@ def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str 
     recipe = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
              ["--steps", "300"]  # train_vae.py's defaults otherwise
     with atomic_dir(folder) as tmp:
-        vae_training.train_davae(vae_training.parser().parse_args(
+        train_davae(train_vae_parser().parse_args(
             ["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused", "--mixed-precision", mixed_precision]
             + ([] if progress else ["--no-progress"])))
     return str(folder / "davae")
 
 
 def load_models(args, run: TrainingRun):
-    """The pretrained transformer and the DA-VAE, built on first use where not given (by the main
-    process; the others then read the cache), and checked against each other."""
+    """The pretrained transformer, the DA-VAE and the training resolution. The models are built on
+    first use where not given (by the main process; the others then read the cache); given ones
+    were checked against each other by :func:`.cli.check_finetune`."""
     from diffusers import SD3Transformer2DModel
 
     if args.model is None:
@@ -151,26 +106,13 @@ def load_models(args, run: TrainingRun):
 
         with run.accelerator.main_process_first():
             args.model = str(build_tiny_sd35(quick=args.quick_default, progress=run.progress))
-    check_sd3_pipeline(args.model)
     if args.davae is None:
         with run.accelerator.main_process_first():
             args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision)
-    if not (Path(args.davae) / "config.json").is_file():
-        raise ValueError(f"--davae {args.davae!r} is not a DA-VAE folder (no config.json); train one with train/train_vae.py")
     davae = DAVAE.from_pretrained(args.davae).to(run.device).eval()
     davae.requires_grad_(False)
     original = SD3Transformer2DModel.from_pretrained(args.model, subfolder="transformer")
-    C = original.config.in_channels
-    if davae.base_channels != C:
-        raise ValueError(f"--davae {args.davae!r} has {davae.base_channels} base channels but the transformer of "
-                         f"--model {args.model!r} has {C} latent channels; they must match")
-    if davae.config.detail_mean is None:
-        raise ValueError(f"--davae {args.davae!r} has no detail latent statistics (run calibrate_latent_stats, "
-                         "as train_vae.py does at the end)")
     resolution = args.resolution or original.config.sample_size * davae.spatial_factor
-    multiple = davae.spatial_factor * original.config.patch_size
-    if resolution % multiple:
-        raise ValueError(f"--resolution {resolution} must be a multiple of {multiple} (DA-VAE factor x patch size)")
     return original, davae, resolution
 
 

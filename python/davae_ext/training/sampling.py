@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
+from .cli import DEFAULT_PIPELINE
 
 
 def prompts_of(prompt: Optional[Sequence[str]], prompt_file: Optional[str]) -> list[str]:
@@ -22,19 +22,15 @@ def prompts_of(prompt: Optional[Sequence[str]], prompt_file: Optional[str]) -> l
 
 
 def ensure_pipeline(path: str, progress: bool) -> Path:
-    """``path`` as a DA-VAE pipeline folder; the default one is built by the default fine-tuning
-    run when missing."""
+    """``path``; the default pipeline folder is built by the default fine-tuning run when missing
+    (the command line's checks, :func:`.cli.check_sample`, have looked at any other)."""
     folder = Path(path)
-    if not (folder / "model_index.json").is_file():
-        if path != DEFAULT_PIPELINE:
-            raise ValueError(f"--pipeline {path!r} is not a pipeline folder (no model_index.json)")
-        from .finetune import finetune, parser
+    if path == DEFAULT_PIPELINE and not (folder / "model_index.json").is_file():
+        from .cli import finetune_parser
+        from .finetune import finetune
 
-        finetune(parser().parse_args(["--fused", "--output-dir", str(folder.parent)] + ([] if progress else ["--no-progress"])))
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("vae", [None, None])[1] != "DAVAE":
-        raise ValueError(f"--pipeline {path!r} has no DA-VAE (its vae is {index.get('vae')}); "
-                         "give a folder written by train/finetune_sd35.py")
+        finetune(finetune_parser().parse_args(["--fused", "--output-dir", str(folder.parent)]
+                                              + ([] if progress else ["--no-progress"])))
     return folder
 
 

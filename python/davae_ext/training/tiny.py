@@ -123,25 +123,30 @@ def build_text_encoders(clip_vocab: int, t5_vocab: int):
     return clip(CLIP_L), clip(CLIP_G), t5
 
 
+# The architecture, as plain configs (the scripts' argument checks read them without building).
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 64, 64), sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
+    shift_factor=0.0, scaling_factor=1.0,
+)
+TRANSFORMER_CONFIG = dict(
+    sample_size=16, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=16, num_attention_heads=4,
+    joint_attention_dim=T5_DIM, caption_projection_dim=64, pooled_projection_dim=CLIP_L + CLIP_G,
+    pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
+)
+
+
 def build_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 64, 64), sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0, scaling_factor=1.0,
-    )
+    return AutoencoderKL(**VAE_CONFIG)
 
 
 def build_transformer(layers: int):
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=layers, attention_head_dim=16,
-        num_attention_heads=4, joint_attention_dim=T5_DIM, caption_projection_dim=64,
-        pooled_projection_dim=CLIP_L + CLIP_G, pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
-    )
+    return SD3Transformer2DModel(**TRANSFORMER_CONFIG, num_layers=layers)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Training a DA-VAE (paper Sec. 3) on a pretrained diffusers ``AutoencoderKL``: the command line
-of ``train/train_vae.py`` (:func:`parser`) and the run it starts (:func:`train_davae`).
+"""Training a DA-VAE (paper Sec. 3) on a pretrained diffusers ``AutoencoderKL``: the run
+``train/train_vae.py`` starts (:func:`train_davae`; its arguments: :func:`.cli.train_vae_parser`).
 
 The base encoder is frozen; the detail encoder trunk is frozen by default (the released SD3
 recipe: only its new down block trains, plus the up block and the decoder). Loss: L1 x 2.0 +
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,61 +20,17 @@ import torch
 from .. import use_backend
 from ..models import losses
 from ..models.davae import DAVAE, load_base_vae
-from .common import add_run_arguments, TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
+from .cli import train_crop
+from .common import TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
 from .data import ImageCaptionFolder, sample_photos
 from .plot import save_curves
 
-DEFAULT_OUTPUT = "outputs/train_vae"
 LOG_FIELDS = ["step", "loss", "l1", "kl", "align", "align_weight", "lpips", "g_loss", "d_loss", "lr", "seconds"]
 
 
-def parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    """The arguments of ``train/train_vae.py``, each with its default in its help."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(p, DEFAULT_OUTPUT, steps=600, batch_size=4)
-    a = p.add_argument
-    a("--base-vae", default=None, help="diffusers AutoencoderKL folder, or a pipeline folder with a 'vae' subfolder "
-                                       "(default: the embedded tiny SD3.5 pipeline's VAE, built on first use)")
-    a("--base-channels", type=int, default=None, help="expected latent channels of the base VAE; checked (default: not checked)")
-    a("--data", default=None, help="training image folder (default: the shipped photos, training split)")
-    a("--eval-data", default=None, help="held-out image folder (default: the shipped photos, held-out split)")
-    a("--resolution", type=int, default=256, help="training / evaluation image size (default: 256)")
-    a("--train-crop", type=int, default=128,
-      help="train on random crops of this size of the --resolution images (the model is convolutional; "
-           "at most --resolution) (default: 128)")
-    a("--detail-channels", type=int, default=None, help="D (default: C, the base latent channels)")
-    a("--order", choices=["base_first", "detail_first"], default="base_first", help="channel order (default: base_first)")
-    a("--freeze-detail-trunk", action=argparse.BooleanOptionalAction, default=True,
-      help="freeze the detail encoder's pretrained trunk (default: frozen, as the released SD3 recipe)")
-    a("--init-from-base", action=argparse.BooleanOptionalAction, default=True,
-      help="start the detail trunk and decoder from the pretrained weights (default: on)")
-    a("--detail-dropout", type=float, default=0.0, help="per-sample dropout of the detail latent at the decoder input (default: 0)")
-    a("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
-    a("--lr-warmup", type=int, default=0, help="linear warm-up steps (default: 0)")
-    a("--weight-decay", type=float, default=1e-4, help="AdamW weight decay, not on biases and norms (default: 1e-4)")
-    a("--l1-weight", type=float, default=2.0, help="L1 weight (default: 2.0)")
-    a("--kl-weight", type=float, default=1e-7, help="KL weight (default: 1e-7)")
-    a("--kl-form", choices=["sum", "mean"], default="sum",
-      help="KL normalisation: 'sum' = 0.5*sum over C,H,W, batch mean (SD3 recipe); 'mean' = element mean, no 1/2 (ImageNet) (default: sum)")
-    a("--align-weight", type=float, default=1.0, help="alignment loss weight; 0 = the ablation without it (default: 1.0)")
-    a("--align-mode", choices=["constant", "adaptive"], default="constant",
-      help="constant weight (SD3 recipe) or weight x gradient-norm ratio (ImageNet recipe) (default: constant)")
-    a("--lpips-weights", default=None, help="local LPIPS-VGG16 weights (file or folder); enables the perceptual loss (default: off)")
-    a("--lpips-weight", type=float, default=1.0, help="perceptual loss weight when enabled (default: 1.0)")
-    a("--gan", action="store_true", help="add a PatchGAN hinge loss (default: off, as the released SD3 recipe)")
-    a("--gan-weight", type=float, default=0.1, help="adversarial weight, times the adaptive ratio (default: 0.1)")
-    a("--gan-start", type=int, default=5001, help="step from which the GAN terms are on (default: 5001)")
-    a("--disc-lr", type=float, default=1e-4, help="discriminator learning rate (default: 1e-4)")
-    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default: no)")
-    a("--fused", action="store_true", help="concatenation and alignment loss through the fused kernels (default: reference PyTorch)")
-    a("--eval-images", type=int, default=8, help="held-out images evaluated and shown (default: 8)")
-    a("--no-eval", action="store_true", help="skip the final evaluation, grid and statistics (default: run them)")
-    return p
-
-
 def train_davae(args: argparse.Namespace) -> dict:
-    """Trains, evaluates and saves a DA-VAE as ``args`` say; returns the summary also written to
-    ``summary.json``."""
+    """Trains, evaluates and saves a DA-VAE as ``args`` say (parsed and checked by :mod:`.cli`);
+    returns the summary also written to ``summary.json``."""
     with use_backend("fused" if args.fused else "reference"):
         run = TrainingRun(args, LOG_FIELDS)
         setup = _setup(args, run)
@@ -213,26 +168,13 @@ class _Setup:
 
 
 def _setup(args, run: TrainingRun) -> _Setup:
-    """Checks every input before any training (a bad flag fails in seconds), then builds the run."""
-    if args.lpips_weights is not None and not os.path.exists(args.lpips_weights):
-        raise FileNotFoundError(f"--lpips-weights {args.lpips_weights!r} does not exist (never downloaded)")
+    """The model and the run, from arguments :func:`.cli.check_train_vae` has checked."""
     with run.accelerator.main_process_first():  # a first-use tiny build runs once, in the main process
         base_path = args.base_vae or str(_tiny(args.quick_default, run.progress))
-    vae = load_base_vae(base_path)
-    C = vae.config.latent_channels
-    if args.base_channels is not None and args.base_channels != C:
-        raise ValueError(f"--base-channels {args.base_channels} does not match the base VAE at {base_path!r}, "
-                         f"which has {C} latent channels")
-    model = DAVAE.from_base_vae(vae, detail_channels=args.detail_channels, order=args.order,
+    model = DAVAE.from_base_vae(load_base_vae(base_path), detail_channels=args.detail_channels, order=args.order,
                                 freeze_detail_trunk=args.freeze_detail_trunk, init_from_base=args.init_from_base,
                                 detail_dropout=args.detail_dropout)
-    f = model.spatial_factor
-    if args.resolution % f:
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of the DA-VAE's spatial factor {f}")
-    crop = min(args.train_crop or args.resolution, args.resolution)
-    if crop % f:
-        raise ValueError(f"--train-crop {crop} must be a multiple of the DA-VAE's spatial factor {f} and at most --resolution")
-    return _Setup(args, run, base_path, model, crop)
+    return _Setup(args, run, base_path, model, train_crop(args))
 
 
 def _tiny(quick: bool, progress: bool) -> Path:

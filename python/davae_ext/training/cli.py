@@ -1,0 +1,491 @@
+"""The command lines of the scripts in ``train/`` and their argument checks.
+
+A script parses with its parser here, then calls its ``check_*`` function before it builds, loads
+or trains anything. Numbers are range-checked as they are parsed; the checks then look at the
+paths (they exist and are the right kind: an image folder with a readable image, a model folder
+with the files it needs) and at what the flags say together and with the models' configs, read
+from their JSON files (no weights are loaded). Every error names the flag, the value and what was
+expected, and exits with code 2, argparse's convention. This module imports no diffusers, so a
+bad argument fails in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
+DEFAULT_TRAIN_CROP = 128
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+# ----------------------------------------------------------------------------------------------
+# Value types: argparse reports "argument --flag: <message>" and exits with code 2
+# ----------------------------------------------------------------------------------------------
+def int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def float_in(low: float, high: Optional[float] = None, low_open: bool = False, high_open: bool = False,
+             ) -> Callable[[str], float]:
+    lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+    expected = f"a number in {lo}{low}, {'inf' if high is None else high}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+POSITIVE = int_at_least(1)
+NON_NEGATIVE = int_at_least(0)
+RATE = float_in(0.0, low_open=True)  # learning rates, scales: > 0
+WEIGHT = float_in(0.0)  # loss weights, clips: >= 0
+PROBABILITY = float_in(0.0, 1.0)
+DECAY = float_in(0.0, 1.0, high_open=True)  # EMA decay, dropout: [0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsers
+# ----------------------------------------------------------------------------------------------
+def _parser(description: Optional[str]) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, batch_size: int) -> None:
+    """The arguments :class:`~davae_ext.training.common.TrainingRun` reads, shared by both trainers."""
+    a = p.add_argument
+    a("--output-dir", default=output_dir, help=f"where everything is written (default: {output_dir})")
+    a("--steps", type=POSITIVE, default=steps, help=f"optimizer steps (default: {steps})")
+    a("--batch-size", type=POSITIVE, default=batch_size,
+      help=f"global batch size, split over processes (default: {batch_size})")
+    a("--grad-clip", type=WEIGHT, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
+    a("--gradient-checkpointing", action="store_true", help="recompute activations in backward (default: off)")
+    a("--checkpoint-every", type=POSITIVE, default=100, help="steps between checkpoints (default: 100)")
+    a("--keep-checkpoints", type=POSITIVE, default=2, help="checkpoints kept (default: 2)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (default: off)")
+    a("--seed", type=NON_NEGATIVE, default=0, help="seed of every batch, crop and noise draw (default: 0)")
+    a("--no-progress", action="store_true", help="no tqdm progress bar (default: shown)")
+    a("--quick-default", action="store_true", help=argparse.SUPPRESS)  # tests: the quick tiny models
+
+
+def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    add_run_arguments(p, "outputs/train_vae", steps=600, batch_size=4)
+    a = p.add_argument
+    a("--base-vae", default=None, help="diffusers AutoencoderKL folder, or a pipeline folder with a 'vae' subfolder "
+                                       "(default: the embedded tiny SD3.5 pipeline's VAE, built on first use)")
+    a("--base-channels", type=POSITIVE, default=None,
+      help="expected latent channels of the base VAE; checked (default: not checked)")
+    a("--data", default=None, help="training image folder (default: the shipped photos, training split)")
+    a("--eval-data", default=None, help="held-out image folder (default: the shipped photos, held-out split)")
+    a("--resolution", type=POSITIVE, default=256, help="training / evaluation image size (default: 256)")
+    a("--train-crop", type=POSITIVE, default=None,
+      help="train on random crops of this size of the --resolution images (the model is convolutional; "
+           f"at most --resolution) (default: {DEFAULT_TRAIN_CROP}, or --resolution when that is smaller)")
+    a("--detail-channels", type=POSITIVE, default=None, help="D, a multiple of C (default: C, the base latent channels)")
+    a("--order", choices=["base_first", "detail_first"], default="base_first", help="channel order (default: base_first)")
+    a("--freeze-detail-trunk", action=argparse.BooleanOptionalAction, default=True,
+      help="freeze the detail encoder's pretrained trunk (default: frozen, as the released SD3 recipe)")
+    a("--init-from-base", action=argparse.BooleanOptionalAction, default=True,
+      help="start the detail trunk and decoder from the pretrained weights (default: on)")
+    a("--detail-dropout", type=DECAY, default=0.0,
+      help="per-sample dropout of the detail latent at the decoder input (default: 0)")
+    a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    a("--lr-warmup", type=NON_NEGATIVE, default=0, help="linear warm-up steps (default: 0)")
+    a("--weight-decay", type=WEIGHT, default=1e-4, help="AdamW weight decay, not on biases and norms (default: 1e-4)")
+    a("--l1-weight", type=WEIGHT, default=2.0, help="L1 weight (default: 2.0)")
+    a("--kl-weight", type=WEIGHT, default=1e-7, help="KL weight (default: 1e-7)")
+    a("--kl-form", choices=["sum", "mean"], default="sum",
+      help="KL normalisation: 'sum' = 0.5*sum over C,H,W, batch mean (SD3 recipe); 'mean' = element mean, "
+           "no 1/2 (ImageNet) (default: sum)")
+    a("--align-weight", type=WEIGHT, default=1.0,
+      help="alignment loss weight; 0 = the ablation without it (default: 1.0)")
+    a("--align-mode", choices=["constant", "adaptive"], default="constant",
+      help="constant weight (SD3 recipe) or weight x gradient-norm ratio (ImageNet recipe) (default: constant)")
+    a("--lpips-weights", default=None,
+      help="local LPIPS-VGG16 weights (file or folder); enables the perceptual loss (default: off)")
+    a("--lpips-weight", type=WEIGHT, default=1.0, help="perceptual loss weight when enabled (default: 1.0)")
+    a("--gan", action="store_true", help="add a PatchGAN hinge loss (default: off, as the released SD3 recipe)")
+    a("--gan-weight", type=WEIGHT, default=0.1, help="adversarial weight, times the adaptive ratio (default: 0.1)")
+    a("--gan-start", type=NON_NEGATIVE, default=5001, help="step from which the GAN terms are on (default: 5001)")
+    a("--disc-lr", type=RATE, default=1e-4, help="discriminator learning rate (default: 1e-4)")
+    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default: no)")
+    a("--fused", action="store_true",
+      help="concatenation and alignment loss through the fused kernels (default: reference PyTorch)")
+    a("--eval-images", type=POSITIVE, default=8, help="held-out images evaluated and shown (default: 8)")
+    a("--no-eval", action="store_true", help="skip the final evaluation, grid and statistics (default: run them)")
+    return p
+
+
+def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    add_run_arguments(p, "outputs/finetune_sd35", steps=300, batch_size=8)
+    a = p.add_argument
+    a("--model", default=None,
+      help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
+    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on "
+                                    "--model's VAE by train_vae.py, 300 steps, with --mixed-precision, and cached)")
+    a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
+    a("--synthetic", type=NON_NEGATIVE, default=0,
+      help="first generate this many training images with the base pipeline (default: 0 = use --data)")
+    a("--prompts", default=None,
+      help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
+    a("--resolution", type=POSITIVE, default=None,
+      help="training image size (default: the transformer's sample size x the DA-VAE factor)")
+    a("--crops-per-image", type=POSITIVE, default=4, help="random crops / flips cached per image (default: 4)")
+    a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    a("--full", action="store_true", help="train every transformer weight instead of LoRA (default: LoRA)")
+    a("--lora-rank", type=POSITIVE, default=256, help="LoRA rank (default: 256)")
+    a("--lora-alpha", type=RATE, default=256, help="LoRA alpha (default: 256)")
+    a("--lora-targets", default="to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear",
+      help="comma-separated LoRA target modules (default: to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear)")
+    a("--shift", type=RATE, default=4.0, help="timestep shift of the training schedule (default: 4.0)")
+    a("--caption-dropout", type=PROBABILITY, default=0.1, help="probability of the empty prompt (default: 0.1)")
+    a("--n-warm", type=NON_NEGATIVE, default=None, help="N_warm of Eq. 12 in steps (default: min(10000, steps / 2))")
+    a("--loss-mode", choices=["velocity", "x0_min_snr"], default="velocity",
+      help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant (default: velocity)")
+    a("--min-snr-gamma", type=RATE, default=5.0, help="gamma of --loss-mode x0_min_snr (default: 5.0)")
+    a("--ema-decay", type=DECAY, default=0.999,
+      help="EMA decay of the trainable weights, used for sampling (default: 0.999)")
+    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+      help="autocast precision, also of the default DA-VAE's training (default: no)")
+    a("--fused", action="store_true",
+      help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
+    a("--stop-at", type=POSITIVE, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
+    a("--sample-steps", type=POSITIVE, default=20, help="denoising steps of the final sample grid (default: 20)")
+    a("--guidance", type=WEIGHT, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
+    a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
+    return p
+
+
+def _device_default() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def eval_vae_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    a = p.add_argument
+    a("--davae", default="outputs/train_vae/davae",
+      help="DA-VAE folder written by train_vae.py (default: outputs/train_vae/davae)")
+    a("--data", default=None, help="held-out image folder (default: the shipped photos' held-out split)")
+    a("--resolution", type=POSITIVE, default=256, help="evaluation image size, centre crops (default: 256)")
+    a("--limit", type=POSITIVE, default=None, help="at most this many images (default: all)")
+    a("--batch-size", type=POSITIVE, default=4, help="images per forward pass (default: 4)")
+    a("--lpips-weights", default=None, help="local LPIPS-VGG16 weights; adds LPIPS (default: off)")
+    a("--device", default=_device_default(), help="device (default: cuda if available)")
+    a("--output-dir", default="outputs/eval_vae", help="where eval.json and the grid go (default: outputs/eval_vae)")
+    return p
+
+
+def synthetic_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    a = p.add_argument
+    a("--model", default=None, help="SD3 pipeline folder (default: the embedded tiny SD3.5 pipeline)")
+    a("--prompts", default=None, help="prompt file, one per line, cycled (default: four fixed prompts)")
+    a("--count", type=POSITIVE, default=16, help="number of images (default: 16)")
+    a("--resolution", type=POSITIVE, default=None, help="image size (default: the pipeline's own)")
+    a("--steps", type=POSITIVE, default=20, help="denoising steps (default: 20)")
+    a("--guidance", type=WEIGHT, default=2.5, help="CFG scale (default: 2.5)")
+    a("--batch-size", type=POSITIVE, default=4, help="images per call (default: 4)")
+    a("--seed", type=NON_NEGATIVE, default=0, help="sample i uses seed + i (default: 0)")
+    a("--device", default=_device_default(), help="device (default: cuda if available)")
+    a("--output-dir", default="outputs/synthetic", help="image folder to write (default: outputs/synthetic)")
+    a("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    return p
+
+
+def sample_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    a = p.add_argument
+    a("--pipeline", default=DEFAULT_PIPELINE, help=f"DAVAEStableDiffusion3Pipeline folder (default: {DEFAULT_PIPELINE}, "
+                                                   "built by the default fine-tuning run if missing)")
+    a("--prompt", action="append", default=None, help="a prompt (repeatable) (default: four fixed prompts)")
+    a("--prompts", default=None, help="prompt file, one per line (default: none)")
+    a("--negative-prompt", default=None, help="negative prompt for every image (default: none)")
+    a("--seed", type=NON_NEGATIVE, default=0, help="seed of image i is seed + i (default: 0)")
+    a("--steps", type=POSITIVE, default=30, help="denoising steps (default: 30)")
+    a("--guidance", type=WEIGHT, default=2.5, help="classifier-free guidance scale (default: 2.5)")
+    a("--shift", type=RATE, default=4.0, help="scheduler timestep shift (default: 4.0)")
+    a("--resolution", type=POSITIVE, default=None,
+      help="output size, e.g. 1024 or 2048 on SD3.5-M (default: the pipeline's own size)")
+    a("--batch-size", type=POSITIVE, default=4, help="images per pipeline call (default: 4)")
+    a("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused patch embedding (default: on)")
+    a("--compare-native", action="store_true",
+      help="also sample with the base pipeline at the same resolution (default: off)")
+    a("--base-model", default=None,
+      help="base SD3 pipeline for --compare-native (default: the one the fine-tuning run used)")
+    a("--device", default=_device_default(), help="device (default: cuda if available)")
+    a("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+      help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    a("--output-dir", default="outputs/sample", help="where images and samples.json go (default: outputs/sample)")
+    a("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of paths and of flags together
+# ----------------------------------------------------------------------------------------------
+class _Checks:
+    """Checks against one parser: :meth:`fail` prints the usage and the error and exits with 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+    def fail(self, flag: str, value, expected: str):
+        """Usage and ``<flag> <value>: <expected>`` on stderr, exit code 2 (``value`` None: a switch)."""
+        self.parser.error(f"{flag}: {expected}" if value is None else f"{flag} {value!r}: {expected}")
+
+    def _json(self, flag: str, value, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            self.fail(flag, value, f"{path} is not readable JSON ({type(exc).__name__}: {exc})")
+
+    def file(self, flag: str, value: Optional[str]) -> None:
+        if value is not None and not os.path.exists(value):
+            self.fail(flag, value, "expected an existing file or folder (nothing is downloaded)")
+
+    def prompts(self, flag: str, value: Optional[str]) -> None:
+        if value is None:
+            return
+        if not os.path.isfile(value):
+            self.fail(flag, value, "expected a text file with one prompt per line")
+        if not any(line.strip() for line in Path(value).read_text(errors="replace").splitlines()):
+            self.fail(flag, value, "expected at least one prompt; the file has none")
+
+    def image_folder(self, flag: str, value: Optional[str]) -> None:
+        """A folder holding at least one image PIL can decode (found at the first readable one)."""
+        if value is None:
+            return
+        folder = Path(value)
+        if not folder.is_dir():
+            self.fail(flag, value, "expected an image folder; it does not exist" if not folder.exists()
+                      else "expected an image folder, got a file")
+        from PIL import Image
+
+        candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for path in candidates:
+            try:
+                with Image.open(path) as im:
+                    im.convert("RGB").load()
+                return
+            except Exception:  # unreadable: the dataset skips it with a warning
+                continue
+        found = f"{len(candidates)} image files, none readable" if candidates else "no image files"
+        self.fail(flag, value, f"expected a folder with at least one readable image "
+                               f"({', '.join(IMAGE_EXTENSIONS)}); it holds {found}")
+
+    def _weights(self, flag: str, value, folder: Path) -> None:
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            self.fail(flag, value, f"{folder} has a config but no weights ({' or '.join(WEIGHT_FILES)})")
+
+    def vae(self, flag: str, value: str) -> dict:
+        """An AutoencoderKL folder, or a pipeline folder with a 'vae' subfolder: its config."""
+        if not os.path.isdir(value):
+            self.fail(flag, value, "expected a diffusers AutoencoderKL folder or a pipeline folder; it does not exist")
+        for folder in (Path(value), Path(value) / "vae"):
+            if (folder / "config.json").is_file():
+                config = self._json(flag, value, folder / "config.json")
+                if config.get("_class_name") == "AutoencoderKL":
+                    self._weights(flag, value, folder)
+                    return config
+                if folder == Path(value) and not (folder / "vae").is_dir():
+                    break
+        self.fail(flag, value, "expected a diffusers AutoencoderKL folder, or a pipeline folder with a 'vae' "
+                               "subfolder holding one")
+
+    def sd3_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
+        """An SD3 pipeline folder: its transformer's and VAE's configs."""
+        root = Path(value)
+        if not (root / "model_index.json").is_file():
+            self.fail(flag, value, "expected a diffusers pipeline folder (with model_index.json)")
+        cls = self._json(flag, value, root / "model_index.json").get("_class_name", "")
+        tcfg = root / "transformer" / "config.json"
+        transformer = self._json(flag, value, tcfg) if tcfg.is_file() else {}
+        if "StableDiffusion3" not in cls or transformer.get("_class_name") != "SD3Transformer2DModel":
+            self.fail(flag, value, f"expected a StableDiffusion3Pipeline with an SD3Transformer2DModel; "
+                                   f"model_index.json names {cls!r}, the transformer is "
+                                   f"{transformer.get('_class_name', 'missing')!r}")
+        self._weights(flag, value, root / "transformer")
+        return transformer, self.vae(flag, value)
+
+    def davae(self, flag: str, value: str) -> dict:
+        """A DA-VAE folder written by train_vae.py: its config."""
+        cfg = Path(value) / "config.json"
+        if not cfg.is_file():
+            self.fail(flag, value, "expected a DA-VAE folder (config.json + weights); train one with train/train_vae.py")
+        config = self._json(flag, value, cfg)
+        if config.get("_class_name") != "DAVAE":
+            self.fail(flag, value, f"expected a DA-VAE folder; its config.json is a {config.get('_class_name')!r}")
+        self._weights(flag, value, Path(value))
+        return config
+
+    def davae_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
+        """A DAVAEStableDiffusion3Pipeline folder: its transformer's and DA-VAE's configs."""
+        root = Path(value)
+        if not (root / "model_index.json").is_file():
+            self.fail(flag, value, "expected a pipeline folder (with model_index.json) written by train/finetune_sd35.py")
+        vae_entry = self._json(flag, value, root / "model_index.json").get("vae", [None, None])
+        if vae_entry[1] != "DAVAE":
+            self.fail(flag, value, f"expected a pipeline with a DA-VAE (written by train/finetune_sd35.py); "
+                                   f"its vae is {vae_entry}")
+        transformer = self._json(flag, value, root / "transformer" / "config.json")
+        return transformer, self.davae(flag, str(root / "vae"))
+
+    def resumable(self, output_dir: str) -> None:
+        from .common import CHECKPOINT_RE
+
+        folder = Path(output_dir) / "checkpoints"
+        if not folder.is_dir() or not any(CHECKPOINT_RE.match(p.name) for p in folder.iterdir()):
+            self.fail("--resume", None, f"expected a checkpoint (step_*.pt) in {folder}; --output-dir "
+                                        f"{output_dir!r} holds none (drop --resume to start from step 0)")
+
+    def multiple(self, flag: str, value: Optional[int], of: int, why: str) -> None:
+        if value is not None and value % of:
+            self.fail(flag, value, f"expected a multiple of {of} ({why})")
+
+    def batch_over_processes(self, batch_size: int) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.multiple("--batch-size", batch_size, world, f"split over the {world} processes")
+
+
+def vae_factor(vae_config: dict) -> int:
+    """Image pixels per latent cell of an AutoencoderKL config."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def davae_factor(davae_config: dict) -> int:
+    return vae_factor(davae_config["base_vae_config"]) * davae_config.get("scale", 2)
+
+
+def train_crop(args: argparse.Namespace) -> int:
+    """The crop size train_vae.py trains on: --train-crop, else the default or --resolution."""
+    return args.train_crop or min(DEFAULT_TRAIN_CROP, args.resolution)
+
+
+def _tiny_configs() -> tuple[dict, dict]:
+    from .tiny import TRANSFORMER_CONFIG, VAE_CONFIG
+
+    return dict(TRANSFORMER_CONFIG), dict(VAE_CONFIG)
+
+
+def check_train_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    vae = c.vae("--base-vae", args.base_vae) if args.base_vae else _tiny_configs()[1]
+    C = vae["latent_channels"]
+    if args.base_channels is not None and args.base_channels != C:
+        c.fail("--base-channels", args.base_channels, f"the base VAE has {C} latent channels")
+    c.multiple("--detail-channels", args.detail_channels, C, f"the base VAE's {C} latent channels: "
+               "the projection averages groups of D / C")
+    f = vae_factor(vae) * 2
+    c.multiple("--resolution", args.resolution, f, "the DA-VAE's spatial factor: base VAE factor x 2")
+    if args.train_crop is not None and args.train_crop > args.resolution:
+        c.fail("--train-crop", args.train_crop, f"at most --resolution {args.resolution}")
+    c.multiple("--train-crop", train_crop(args), f, "the DA-VAE's spatial factor: base VAE factor x 2")
+    c.image_folder("--data", args.data)
+    c.image_folder("--eval-data", args.eval_data)
+    c.file("--lpips-weights", args.lpips_weights)
+    c.batch_over_processes(args.batch_size)
+    if args.resume:
+        c.resumable(args.output_dir)
+    return args
+
+
+def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    transformer, vae = c.sd3_pipeline("--model", args.model) if args.model else _tiny_configs()
+    if not [t for t in args.lora_targets.split(",") if t.strip()] and not args.full:
+        c.fail("--lora-targets", args.lora_targets, "expected at least one module name")
+    if args.davae:
+        davae = c.davae("--davae", args.davae)
+        C = davae["base_vae_config"]["latent_channels"]
+        if C != transformer["in_channels"]:
+            c.fail("--davae", args.davae, f"a DA-VAE with {transformer['in_channels']} base channels, the latent "
+                                          f"channels of the transformer of --model; it has {C}")
+        if davae.get("detail_mean") is None:
+            c.fail("--davae", args.davae, "a DA-VAE with detail latent statistics (train_vae.py calibrates them "
+                                          "at the end; or run DAVAE.calibrate_latent_stats)")
+        factor = davae_factor(davae)
+    else:
+        factor = vae_factor(vae) * 2
+    c.multiple("--resolution", args.resolution, factor * transformer["patch_size"],
+               f"DA-VAE factor {factor} x patch size {transformer['patch_size']}")
+    if args.synthetic == 0:
+        c.image_folder("--data", args.data)
+    c.prompts("--prompts", args.prompts)
+    c.batch_over_processes(args.batch_size)
+    if args.stop_at is not None and args.stop_at > args.steps:
+        c.fail("--stop-at", args.stop_at, f"at most --steps {args.steps}")
+    if args.resume:
+        c.resumable(args.output_dir)
+    return args
+
+
+def check_eval_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    davae = c.davae("--davae", args.davae)
+    c.multiple("--resolution", args.resolution, davae_factor(davae), "the DA-VAE's spatial factor")
+    c.image_folder("--data", args.data)
+    c.file("--lpips-weights", args.lpips_weights)
+    _device(c, args.device)
+    return args
+
+
+def check_synthetic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    transformer, vae = c.sd3_pipeline("--model", args.model) if args.model else _tiny_configs()
+    c.multiple("--resolution", args.resolution, vae_factor(vae) * transformer["patch_size"],
+               f"VAE factor {vae_factor(vae)} x patch size {transformer['patch_size']}")
+    c.prompts("--prompts", args.prompts)
+    _device(c, args.device)
+    return args
+
+
+def check_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    if args.pipeline != DEFAULT_PIPELINE or (Path(args.pipeline) / "model_index.json").is_file():
+        transformer, davae = c.davae_pipeline("--pipeline", args.pipeline)
+        multiple = davae_factor(davae) * transformer["patch_size"]
+        c.multiple("--resolution", args.resolution, multiple, "the DA-VAE's spatial factor x the patch size")
+    c.prompts("--prompts", args.prompts)
+    if args.base_model is not None:
+        c.sd3_pipeline("--base-model", args.base_model)
+    _device(c, args.device)
+    return args
+
+
+def _device(c: _Checks, device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        c.fail("--device", device, "expected a torch device such as cpu, cuda or cuda:1")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        c.fail("--device", device, "no CUDA device is available here")
