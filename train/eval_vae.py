@@ -25,9 +25,8 @@ def main(argv=None) -> dict:
     args = check_eval_vae(parser, parser.parse_args(argv))
     from davae_ext.training.data import sample_photos
     from davae_ext.models.davae import DAVAE
-    from davae_ext.training.evaluation import evaluate_davae, format_table, load_images
+    from davae_ext.training.evaluation import evaluate_davae, format_table, load_images, save_reconstruction_grid
     from davae_ext.models.losses import LPIPS
-    from davae_ext.training.common import save_grid
 
     model = DAVAE.from_pretrained(args.davae).to(args.device)
     images = load_images(args.data or sample_photos("eval"), args.resolution, args.limit)
@@ -38,7 +37,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result["davae_path"] = str(args.davae)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
-    save_grid(out / "reconstructions.png", [images, recs["base_half_upsampled"], recs["davae"], recs["base_full"]])
+    save_reconstruction_grid(out / "reconstructions.png", images, result, recs,
+                             rows=("base_half_upsampled", "davae", "base_full"))
     print(format_table(result))
     print(f"written: {out / 'eval.json'}, {out / 'reconstructions.png'}")
     return result

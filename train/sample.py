@@ -38,8 +38,9 @@ def main(argv=None) -> dict:
                     negative_prompt=args.negative_prompt, progress=progress)
     images, ips = sampling.sample(pipe, prompts, resolution, label="DA-VAE", **settings)
     out = Path(args.output_dir)
-    files = sampling.save_images(images, out)
     tokens = (resolution // pipe.vae_scale_factor // pipe.patch_size) ** 2
+    label = f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens\n{ips:.3f} img/s"
+    files = sampling.save_images(images, prompts, out, label)
     record = {"pipeline": str(pipe_dir), "prompts": prompts, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
               "shift": args.shift, "resolution": resolution, "batch_size": args.batch_size, "fused": args.fused,
               "device": args.device, "dtype": str(dtype), "tokens_per_image": tokens, "images_per_s": ips, "files": files}
@@ -47,8 +48,9 @@ def main(argv=None) -> dict:
         base_dir = args.base_model or sampling.base_model_of(pipe_dir)
         native = sampling.load_pipeline(StableDiffusion3Pipeline, base_dir, args.device, dtype, args.shift)
         native_images, native_ips = sampling.sample(native, prompts, resolution, label="native", **settings)
-        sampling.side_by_side(sampling.image_grid(images), sampling.image_grid(native_images)).save(out / "compare.png")
         native_tokens = (resolution // native.vae_scale_factor // native.patch_size) ** 2
+        sampling.save_comparison(out / "compare.png", images, native_images, prompts, label,
+                                 f"native\n{resolution}x{resolution}\n{native_tokens} tokens\n{native_ips:.3f} img/s")
         record["native"] = {"base_model": base_dir, "images_per_s": native_ips, "tokens_per_image": native_tokens}
         record["speedup"] = ips / native_ips
         print(f"DA-VAE {ips:.3f} img/s ({tokens} tokens) vs native {native_ips:.3f} img/s ({native_tokens} tokens): "

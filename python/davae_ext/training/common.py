@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -162,6 +161,12 @@ class CSVLog:
             csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
 
+def first_last(values: Sequence[float], fraction: float = 0.1) -> tuple[float, float]:
+    """Means of the first and the last ``fraction`` of a curve (at least one value each)."""
+    n = max(1, int(len(values) * fraction))
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
 def csv_column(path: os.PathLike, name: str) -> list[float]:
     """One numeric column of a CSV log (empty cells skipped; no file: empty list)."""
     if not Path(path).exists():
@@ -174,20 +179,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_grid(path: os.PathLike, rows: Sequence[torch.Tensor], pad: int = 2) -> Path:
-    """Save a grid: each entry of ``rows`` is a [N, 3, H, W] batch in [-1, 1] drawn as one row
-    (all rows with the same N and size)."""
-    arrays = [to_uint8(r) for r in rows]
-    n, h, w = arrays[0].shape[0], arrays[0].shape[1], arrays[0].shape[2]
-    grid = np.full((len(arrays) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, arr in enumerate(arrays):
-        for j in range(n):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[y:y + h, x:x + w] = arr[j]
-    Image.fromarray(grid).save(path)
-    return Path(path)
 
 
 class EMA:

@@ -13,12 +13,35 @@ from .. import reference
 from .common import to_uint8
 
 
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean over images of the PSNR (dB) of images in [-1, 1], measured on [0, 1] (clamped)."""
+def psnr_per_image(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The PSNR (dB) of each image of a batch in [-1, 1], measured on [0, 1] (clamped): [N]."""
     a = (reconstruction.float().clamp(-1, 1) + 1) / 2
     b = (target.float().clamp(-1, 1) + 1) / 2
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+    return 10 * torch.log10(1.0 / mse)
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """The project's one PSNR: the mean over images of :func:`psnr_per_image`."""
+    return float(psnr_per_image(reconstruction, target).mean())
+
+
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler and Suesstrunk's colourfulness of each image of a batch in [-1, 1] (on [0, 255]):
+    ``sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)`` with ``rg = R - G`` and
+    ``yb = (R + G) / 2 - B``; 0 for a grey image. [N]."""
+    x = (images.float().clamp(-1, 1) + 1) * 127.5
+    r, g, b = x[:, 0].flatten(1), x[:, 1].flatten(1), x[:, 2].flatten(1)
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return (rg.std(1, unbiased=False).pow(2) + yb.std(1, unbiased=False).pow(2)).sqrt() + \
+        0.3 * (rg.mean(1).pow(2) + yb.mean(1).pow(2)).sqrt()
+
+
+def mean_colour_error(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean absolute difference of each image's mean R, G and B, in [0, 1] units."""
+    a = (reconstruction.float().clamp(-1, 1) + 1) / 2
+    b = (target.float().clamp(-1, 1) + 1) / 2
+    return float((a.mean((2, 3)) - b.mean((2, 3))).abs().mean())
 
 
 def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
@@ -104,8 +127,25 @@ def load_images(folder, resolution: int, limit: Optional[int] = None) -> torch.T
     return torch.stack([data[i]["pixel_values"] for i in range(n)])
 
 
+ROW_LABELS = {"base_half_upsampled": "base VAE at 1/2 res.,\nupsampled ({} tokens)",
+              "davae": "DA-VAE ({} tokens)", "base_full": "base VAE at full res.\n({} tokens)"}
+
+
+def save_reconstruction_grid(path, images: torch.Tensor, result: dict, recs: dict, rows=("base_half_upsampled", "davae")):
+    """Originals, then one labelled row per method of ``rows`` with each image's PSNR under it."""
+    from .plot import save_grid
+
+    labels, tensors, captions = ["original"], [images], [[""] * len(images)]
+    for name in rows:
+        labels.append(ROW_LABELS[name].format(result[name]["latent_cells"]))
+        tensors.append(recs[name])
+        captions.append([f"{v:.2f} dB" for v in psnr_per_image(recs[name], images).tolist()])
+    H, W = result["resolution"]
+    return save_grid(path, tensors, labels, captions, title=f"{len(images)} held-out images at {H}x{W}")
+
+
 def gap_db(result: dict) -> float:
     return result["davae"]["psnr_db"] - result["base_half_upsampled"]["psnr_db"]
 
 
-__all__ = ["psnr", "ssim", "alignment_stats", "evaluate_davae", "format_table", "load_images", "gap_db"]
+__all__ = ["psnr", "psnr_per_image", "colourfulness", "mean_colour_error", "save_reconstruction_grid", "ssim", "alignment_stats", "evaluate_davae", "format_table", "load_images", "gap_db"]

@@ -22,11 +22,11 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.sd3 import expand_transformer
 from .cache import atomic_dir, cache_root, is_complete
-from .common import EMA, TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
+from .common import EMA, TrainingRun, batch_indices, csv_column, first_last, step_generator, trainable_state
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import add_lora, merge_lora
-from .plot import save_curves
+from .plot import save_curves, save_grid
 
 DEFAULT_DAVAE_VERSION = "default-davae-v1"
 LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "steps_per_s", "seconds"]
@@ -62,10 +62,26 @@ def finetune(args: argparse.Namespace) -> dict:
             tuner.plot_losses()
             if not args.no_sample:
                 summary["pipeline"] = str(finish(tuner.core, tuner.ema, args, run.out, resolution))
-            print(f"fine-tuning done: outputs in {run.out.resolve()}")
+            print(summary_lines(summary, run.out))
         run.write_summary(summary)
         run.accelerator.end_training()
     return summary
+
+
+def summary_lines(summary: dict, out: Path) -> str:
+    """Where the outputs are, the step-0 identity and the two losses from first to last steps."""
+    lines = [f"fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"]
+    if summary.get("step0"):
+        s0 = summary["step0"]
+        lines.append(f"  step 0: base prediction within {s0['max_abs_diff_base_prediction']:.1e} of the pretrained "
+                     f"model's, detail prediction at most {s0['max_abs_detail_prediction']:.1e}")
+    for name in ("base_mse", "detail_mse"):
+        first, last = first_last(csv_column(out / "log.csv", name))
+        lines.append(f"  {name.replace('_mse', '')}-channel MSE {first:.4f} -> {last:.4f} "
+                     "(mean of the first and last 10% of steps)")
+    if "pipeline" in summary:
+        lines.append(f"  pipeline: {summary['pipeline']}; samples.png, loss_curves.png")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,5 +341,7 @@ def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
     images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
                   guidance_scale=args.guidance, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
                   output_type="pt").images
-    save_grid(out / "samples.png", [images * 2 - 1])
+    tokens = (resolution // davae.spatial_factor // transformer.config.patch_size) ** 2
+    save_grid(out / "samples.png", [images * 2 - 1], [f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens"],
+              [prompts], title=f"fixed prompts, {args.sample_steps} steps, guidance {args.guidance}, EMA weights")
     return out / "pipeline"

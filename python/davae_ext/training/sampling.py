@@ -63,36 +63,29 @@ def sample(pipe, prompts: Sequence[str], resolution: int, *, seed: int, steps: i
     return images, len(prompts) / (time.perf_counter() - start)
 
 
-def save_images(images, out: Path) -> list[str]:
-    """One PNG per image and ``grid.png`` (four columns at most); the file names."""
+def save_images(images, prompts: Sequence[str], out: Path, label: str) -> list[str]:
+    """One PNG per image and ``grid.png``: rows of four, each image captioned with its prompt and
+    each row labelled with ``label``; the file names."""
+    from .plot import save_grid
+
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for k, im in enumerate(images):
         files.append(f"{k:04d}.png")
         im.save(out / files[-1])
-    image_grid(images).save(out / "grid.png")
+    rows = [list(images[i:i + 4]) for i in range(0, len(images), 4)]
+    captions = [list(prompts[i:i + 4]) for i in range(0, len(images), 4)]
+    save_grid(out / "grid.png", rows, [label] * len(rows), captions)
     return files
 
 
-def image_grid(images, cols: int = 4):
-    from PIL import Image
+def save_comparison(path, images, native_images, prompts: Sequence[str], label: str, native_label: str) -> Path:
+    """The DA-VAE pipeline's images above the base pipeline's for the same prompts and seeds."""
+    from .plot import save_grid
 
-    cols = min(cols, len(images))
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    g = Image.new("RGB", (cols * w, rows * h), "white")
-    for k, im in enumerate(images):
-        g.paste(im, ((k % cols) * w, (k // cols) * h))
-    return g
-
-
-def side_by_side(left, right):
-    from PIL import Image
-
-    both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
-    both.paste(left, (0, 0))
-    both.paste(right, (left.width, 0))
-    return both
+    n = min(len(images), 8)
+    return save_grid(path, [list(images[:n]), list(native_images[:n])], [label, native_label],
+                     [list(prompts[:n]), list(prompts[:n])], title="same prompts and seeds, same output resolution")
 
 
 def base_model_of(pipe_dir: Path) -> str:

@@ -21,7 +21,7 @@ from .. import use_backend
 from ..models import losses
 from ..models.davae import DAVAE, load_base_vae
 from .cli import train_crop
-from .common import TrainingRun, batch_indices, csv_column, save_grid, step_generator, trainable_state
+from .common import TrainingRun, batch_indices, csv_column, first_last, step_generator, trainable_state
 from .data import ImageCaptionFolder, sample_photos
 from .plot import save_curves
 
@@ -47,9 +47,25 @@ def train_davae(args: argparse.Namespace) -> dict:
             summary.update(finish(setup.core, args, run.out, setup.base_path, setup.lpips, setup.data))
         run.write_summary(summary)
         if run.is_main:
-            print(f"DA-VAE training done: {run.out.resolve()} (model in {run.out / 'davae'})")
+            print(summary_lines(summary, run.out))
         run.accelerator.end_training()
     return summary
+
+
+def summary_lines(summary: dict, out: Path) -> str:
+    """What a person wants to read at the end of a run: where the outputs are, the loss from first
+    to last steps and the held-out comparison."""
+    first, last = first_last(csv_column(out / "log.csv", "loss"))
+    lines = [f"DA-VAE training done in {summary['seconds']:.0f} s: {out.resolve()} (model in davae/)",
+             f"  loss {first:.4f} -> {last:.4f} (mean of the first and last 10% of steps)"]
+    if "eval" in summary:
+        e = summary["eval"]
+        d, b, f = (e[k]["psnr_db"] for k in ("davae", "base_half_upsampled", "base_full"))
+        lines.append(f"  held-out PSNR: DA-VAE {d:.2f} dB vs base VAE at 1/2 res. upsampled {b:.2f} dB "
+                     f"({d - b:+.2f} dB, same tokens); base VAE at full res. {f:.2f} dB (4x the tokens)")
+        lines.append(f"  Proj(z_d) vs z: cosine {e['alignment']['align_cosine']:.3f}; "
+                     "see reconstructions.png and loss_curves.png")
+    return "\n".join(lines)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -185,7 +201,7 @@ def _tiny(quick: bool, progress: bool) -> Path:
 
 def finish(model: DAVAE, args, out: Path, base_path: str, lpips, data) -> dict:
     """Latent statistics, held-out evaluation, PNGs and the saved model."""
-    from .evaluation import evaluate_davae, format_table, load_images
+    from .evaluation import evaluate_davae, format_table, load_images, save_reconstruction_grid
 
     model.eval()
     stats_batches = (torch.stack([data[i]["pixel_values"] for i in range(j, min(j + 4, len(data)))])
@@ -197,7 +213,7 @@ def finish(model: DAVAE, args, out: Path, base_path: str, lpips, data) -> dict:
     recs = result.pop("images")
     print(format_table(result))
     (out / "eval.json").write_text(json.dumps(result, indent=1))
-    save_grid(out / "reconstructions.png", [images, recs["base_half_upsampled"], recs["davae"]])
+    save_reconstruction_grid(out / "reconstructions.png", images, result, recs)
     log = out / "log.csv"
     curves = {"total": csv_column(log, "loss"), "L1": csv_column(log, "l1"), "alignment": csv_column(log, "align")}
     save_curves(out / "loss_curves.png", curves, title=f"DA-VAE on {Path(base_path).name}: "
