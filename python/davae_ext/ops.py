@@ -68,6 +68,7 @@ def _latent_concat_fake(base, detail, detail_first=False):
     B, C, D, H, W = _validate.base_detail("latent_concat", base, detail)
     return base.new_empty((B, C + D, H, W))
 
+
 def detail_project(detail: torch.Tensor, base_channels: int) -> torch.Tensor:
     """Parameter-free channel-wise projection Proj (Eq. 4).
 
@@ -93,6 +94,7 @@ def _detail_project_backward_fake(grad, detail_channels):
     _validate.groups("detail_project_backward", C, detail_channels)
     return grad.new_empty((B, detail_channels, H, W))
 
+
 def detail_align_loss(detail: torch.Tensor, base: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Alignment loss || Proj(detail) - base ||^2 (Eq. 3), without materialising Proj(detail).
 
@@ -117,6 +119,7 @@ def _detail_align_loss_fake(detail, base, reduction=1):
 def _detail_align_loss_backward_fake(grad, detail, base, reduction=1):
     _validate.align("detail_align_loss_backward", detail, base)
     return torch.empty_like(detail), torch.empty_like(base)
+
 
 def detail_patch_embed(
     base: torch.Tensor,
@@ -155,6 +158,7 @@ def _detail_patch_embed_backward_fake(grad, base, detail, weight, patch_size, de
     need_input, need_weight, need_bias, need_pos = output_mask
     return _grads(grad, [(base.shape, need_input), (detail.shape, need_input), (weight.shape, need_weight),
                          ((s.N,), need_bias), ((1, s.T, s.N), need_pos)])
+
 
 def patch_embed(
     latent: torch.Tensor,

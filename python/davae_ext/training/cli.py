@@ -315,8 +315,6 @@ class _Checks:
                 if config.get("_class_name") == "AutoencoderKL":
                     self._weights(flag, value, folder)
                     return config
-                if folder == Path(value) and not (folder / "vae").is_dir():
-                    break
         self.fail(flag, value, "expected a diffusers AutoencoderKL folder, or a pipeline folder with a 'vae' "
                                "subfolder holding one")
 

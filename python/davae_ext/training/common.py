@@ -78,11 +78,6 @@ def list_checkpoints(folder: os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(folder: os.PathLike) -> Optional[Path]:
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
-
-
 REQUIRED_KEYS = ("step", "model", "optimizer")
 
 
