@@ -17,7 +17,7 @@ def _cache(tmp_path_factory, monkeypatch):
 def test_photos_have_captions_and_a_fixed_held_out_split():
     train, held_out = sample_photos("train"), sample_photos("eval")
     ds_train, ds_eval = ImageCaptionFolder(train, 32), ImageCaptionFolder(held_out, 32)
-    assert len(ds_train) == 9 and len(ds_eval) == len(EVAL_PHOTOS) == 2
+    assert len(ds_train) == 17 and len(ds_eval) == len(EVAL_PHOTOS) == 2
     assert {it[0].stem for it in ds_eval.items} == set(EVAL_PHOTOS)
     assert not {it[0].stem for it in ds_train.items} & set(EVAL_PHOTOS)
     assert all(len(caption) > 10 for _, caption in ds_train.items + ds_eval.items)

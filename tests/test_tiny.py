@@ -22,7 +22,7 @@ def test_quick_pipeline_loads_and_generates(quick_pipeline):
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (64, 96, 3)
     log = json.loads((quick_pipeline / "training_log.json").read_text())
-    assert log["vae_psnr_heldout_db"] > 0 and len(log["transformer_loss"]) == tiny.TinyRecipe.quick().transformer_steps
+    assert log["vae_heldout_psnr_db"] > 0 and len(log["transformer_loss"]) == tiny.TinyRecipe.quick().transformer_steps
     assert (quick_pipeline / "training_loss.png").stat().st_size > 0
 
 

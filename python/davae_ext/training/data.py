@@ -134,7 +134,8 @@ class ImageCaptionFolder(Dataset):
         return item
 
 
-# The colour photographs shipped inside scikit-image and scikit-learn, with hand-written captions.
+# The photographs shipped inside scikit-image, scikit-learn and matplotlib, with hand-written
+# captions: the twelve colour ones and seven greyscale ones (detail and texture; stored as RGB).
 PHOTOS = {
     "astronaut": ("skimage", "astronaut.png", "a smiling astronaut in a white spacesuit holding a helmet, with a flag behind her"),
     "chelsea": ("skimage", "chelsea.png", "a ginger tabby cat looking to the side"),
@@ -145,11 +146,19 @@ PHOTOS = {
     "motorcycle_right": ("skimage", "motorcycle_right.png", "a motorcycle parked in a garage, seen from the right"),
     "retina": ("skimage", "retina.jpg", "an orange photograph of a human retina with blood vessels"),
     "rocket": ("skimage", "rocket.jpg", "a rocket on the launch pad under a blue sky"),
+    "colour_wheel": ("skimage", "color.png", "a colour wheel of every hue on a black background"),
     "china": ("sklearn", "china.jpg", "a chinese temple with a red roof among green trees"),
     "flower": ("sklearn", "flower.jpg", "a pink flower with a yellow centre on a dark background"),
+    "hopper": ("matplotlib", "grace_hopper.jpg", "a portrait of a woman in a navy uniform in front of a flag"),
+    "camera": ("skimage", "camera.png", "a black and white photograph of a man with a camera on a tripod"),
+    "coins": ("skimage", "coins.png", "a black and white photograph of old coins in rows"),
+    "moon": ("skimage", "moon.png", "a grey photograph of the surface of the moon"),
+    "brick": ("skimage", "brick.png", "a grey brick wall"),
+    "grass": ("skimage", "grass.png", "a grey photograph of grass"),
+    "gravel": ("skimage", "gravel.png", "a grey photograph of gravel"),
 }
 EVAL_PHOTOS = ("motorcycle_right", "flower")  # fixed held-out split
-PHOTOS_VERSION = "photos-v1"
+PHOTOS_VERSION = "photos-v2"
 
 
 def _photo_source(package: str, name: str) -> Path:
@@ -157,6 +166,10 @@ def _photo_source(package: str, name: str) -> Path:
         import skimage
 
         return Path(skimage.__file__).parent / "data" / name
+    if package == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data" / name
     import sklearn
 
     return Path(sklearn.__file__).parent / "datasets" / "images" / name

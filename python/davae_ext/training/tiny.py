@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ import torch.nn.functional as F
 from .cache import atomic_dir, cache_root, is_complete
 from .plot import save_curves
 from .data import ImageCaptionFolder, sample_photos
-from .evaluation import psnr
+from .evaluation import colourfulness, mean_colour_error, psnr
 
-VERSION = "tiny-sd35-v2"
+VERSION = "tiny-sd35-v3"
 
 
 @dataclass
@@ -39,8 +40,10 @@ class TinyRecipe:
     vae_crop: int = 32  # training crops (the VAE is convolutional), drawn from photos resized to vae_source
     vae_source: int = 160
     vae_steps: int = 1500
+    vae_basis_steps: int = 1100  # of vae_steps: encoder and decoder fitted to a PCA patch code first
     vae_batch: int = 16
-    vae_lr: float = 1e-3
+    vae_lr: float = 2e-3
+    vae_warmup: int = 50
     transformer_steps: int = 500
     transformer_batch: int = 8
     transformer_lr: float = 5e-4
@@ -50,7 +53,7 @@ class TinyRecipe:
 
     @classmethod
     def quick(cls) -> "TinyRecipe":
-        return cls(vae_steps=60, transformer_steps=25, transformer_layers=2, crops_per_photo=2)
+        return cls(vae_steps=60, vae_basis_steps=40, transformer_steps=25, transformer_layers=2, crops_per_photo=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,10 +128,15 @@ def build_text_encoders(clip_vocab: int, t5_vocab: int):
 
 # The architecture, as plain configs (the scripts' argument checks read them without building).
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=1,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(16, 32, 64, 64), sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
     shift_factor=0.0, scaling_factor=1.0,
+    # Two departures from SD3's VAE, both measured on the held-out photos: one normalisation group
+    # (with 8 groups of 2 channels each group's mean is removed per image, and colour with it:
+    # +0.7 dB), and no mid-block attention (it sees 16 tokens on the 32 px training crops and 256 at
+    # 128 px: +0.2 dB, and cheaper).
+    mid_block_add_attention=False,
 )
 TRANSFORMER_CONFIG = dict(
     sample_size=16, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=16, num_attention_heads=4,
@@ -161,9 +169,9 @@ def _batches(dataset, batch: int, steps: int, generator: torch.Generator):
 
 
 def augment(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
-    """Random-scale square crops resized to ``crop``, colour-channel permutations, 90-degree
-    rotations and (20%) inversions: nine photos hold few colours and orientations, and without
-    these the VAE learned them rather than images (held-out PSNR 13.5 dB vs 17.7 dB with them)."""
+    """Random-scale square crops resized to ``crop`` and 90-degree rotations. Nothing that changes
+    colour: channel permutations and inversions taught the VAE to reconstruct grey (held-out
+    colourfulness 0.67x the originals' with them, 0.84x without)."""
     out = []
     size = x.shape[-1]
     for img in x:
@@ -172,43 +180,100 @@ def augment(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
         c = img[None, :, top:top + s, left:left + s]
         if s != crop:
             c = F.interpolate(c, size=(crop, crop), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-        c = c[:, torch.randperm(3, generator=gen)]
-        c = torch.rot90(c, int(torch.randint(0, 4, (), generator=gen)), (2, 3))
-        if float(torch.rand((), generator=gen)) < 0.2:
-            c = -c
-        out.append(c)
+        out.append(torch.rot90(c, int(torch.randint(0, 4, (), generator=gen)), (2, 3)))
     return torch.cat(out)
 
 
+class PatchBasis:
+    """The principal components of ``patch`` x ``patch`` colour patches: a linear f-``patch``
+    autoencoder (16 components of 8x8 patches reconstruct the held-out photos at 24.5 dB).
+
+    ``encode`` maps images [N, 3, H, W] to whitened codes [N, k, H/patch, W/patch] (unit variance
+    per component on the fitting data); ``decode`` is its inverse on the kept components."""
+
+    def __init__(self, images: torch.Tensor, components: int, patch: int):
+        self.patch = patch
+        p = self._patches(images)
+        self.mean = p.mean(0)
+        _, s, v = torch.linalg.svd(p - self.mean, full_matrices=False)
+        self.basis = v[:components]
+        self.std = s[:components] / (len(p) - 1) ** 0.5
+
+    def _patches(self, images: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.patch).permute(0, 2, 3, 1).flatten(0, 2)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        codes = (self._patches(images) - self.mean) @ self.basis.T / self.std
+        return codes.view(n, h // self.patch, w // self.patch, -1).permute(0, 3, 1, 2)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        p = (codes.permute(0, 2, 3, 1) * self.std) @ self.basis + self.mean
+        return F.pixel_shuffle(p.permute(0, 3, 1, 2), self.patch)
+
+
+def colour_report(reconstruction: torch.Tensor, images: torch.Tensor, prefix: str) -> dict:
+    """PSNR, colourfulness ratio (reconstruction / original, per image) and mean colour error."""
+    ratio = colourfulness(reconstruction) / colourfulness(images).clamp_min(1e-6)
+    return {f"{prefix}_psnr_db": psnr(reconstruction, images), f"{prefix}_colourfulness_ratio": ratio.tolist(),
+            f"{prefix}_mean_colour_error": mean_colour_error(reconstruction, images)}
+
+
 def train_vae(vae, recipe: TinyRecipe, progress: bool) -> dict:
+    """Two phases on random crops of the training photos.
+
+    1. ``vae_basis_steps`` steps fitting each half to a PCA patch code (:class:`PatchBasis`, fitted
+       on the photos, 16 components of 8x8 patches): the encoder's posterior mean regresses the
+       code (MSE) and the decoder reconstructs the image from the code (L1). Both halves get a
+       clean target from the first step (after 500 steps: 20.1 dB held-out, against 19.0 dB for
+       the same network trained end to end with its encoder pulled towards the code).
+    2. The rest end to end as a VAE: L1 on a posterior sample plus 1e-4 x KL per element.
+
+    AdamW at ``vae_lr`` with a linear warm-up and a cosine decay over all steps."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(recipe.seed)
     data = ImageCaptionFolder(sample_photos("train"), recipe.vae_source, seed=recipe.seed, cache_in_memory=True)
+    basis = PatchBasis(torch.stack([data[i]["pixel_values"] for i in range(len(data))]),
+                       vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1))
+    # The posterior's log-variance starts at -6 (std 0.05 of the unit-variance code) so that the
+    # switch to sampled latents does not bury the code in noise; phase 2 then learns it.
+    C = vae.config.latent_channels
+    with torch.no_grad():
+        vae.encoder.conv_out.weight[C:].zero_()
+        vae.encoder.conv_out.bias[C:].fill_(-6.0)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.vae_steps, 1))
+    total, warm = max(recipe.vae_steps, 1), max(recipe.vae_warmup, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / warm, 0.5 * (1 + math.cos(math.pi * i / total))))
     vae.train()
     losses = []
-    for x, _ in tqdm(_batches(data, recipe.vae_batch, recipe.vae_steps, gen), total=recipe.vae_steps,
-                     desc="tiny VAE", disable=not progress):
+    for step, (x, _) in enumerate(tqdm(_batches(data, recipe.vae_batch, recipe.vae_steps, gen),
+                                       total=recipe.vae_steps, desc="tiny VAE", disable=not progress)):
         x = augment(x, recipe.vae_crop, gen)
         posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=gen)
-        rec = vae.decode(z).sample
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = F.l1_loss(rec, x) + 1e-4 * kl
+        if step < recipe.vae_basis_steps:
+            code = basis.encode(x)
+            loss = F.mse_loss(posterior.mean, code) + F.l1_loss(vae.decode(code).sample, x)
+        else:
+            rec = vae.decode(posterior.sample(generator=gen)).sample
+            loss = F.l1_loss(rec, x) + 1e-4 * posterior.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
     vae.eval()
-    # Quality on the held-out photos, centre crops at the transformer's resolution.
+    # Quality on the held-out photos, centre crops at the transformer's resolution, next to the
+    # linear patch code's.
     held_out = ImageCaptionFolder(sample_photos("eval"), recipe.resolution, center_crop=True, random_flip=False)
     with torch.no_grad():
         x = torch.stack([held_out[i]["pixel_values"] for i in range(len(held_out))])
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    return {"vae_loss": losses, "vae_psnr_heldout_db": psnr(rec, x)}
+    log = {"vae_loss": losses, "vae_basis_steps": recipe.vae_basis_steps}
+    log.update(colour_report(rec, x, "vae_heldout"))
+    log.update(colour_report(basis.decode(basis.encode(x)), x, "patch_pca_heldout"))
+    return log
 
 
 def _latent_set(vae, recipe: TinyRecipe, gen: torch.Generator):
@@ -303,12 +368,12 @@ def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool
         log["seconds"] = time.time() - start
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         save_curves(tmp / "training_loss.png", {"VAE L1 + KL": log["vae_loss"], "flow matching": log["transformer_loss"]},
-                    title=f"{VERSION}: held-out VAE PSNR {log['vae_psnr_heldout_db']:.1f} dB")
+                    title=f"{VERSION}: held-out VAE PSNR {log['vae_heldout_psnr_db']:.1f} dB")
     if progress:
         t = log["transformer_loss"]
         head = sum(t[:5]) / max(len(t[:5]), 1)
         tail = sum(t[-5:]) / max(len(t[-5:]), 1)
-        print(f"tiny SD3.5 pipeline at {folder}: VAE held-out PSNR {log['vae_psnr_heldout_db']:.1f} dB, "
+        print(f"tiny SD3.5 pipeline at {folder}: VAE held-out PSNR {log['vae_heldout_psnr_db']:.1f} dB, "
               f"flow loss {head:.3f} -> {tail:.3f}, {log['seconds']:.0f} s")
     return folder
 
