@@ -127,11 +127,11 @@ def load_images(folder, resolution: int, limit: Optional[int] = None) -> torch.T
     return torch.stack([data[i]["pixel_values"] for i in range(n)])
 
 
-ROW_LABELS = {"base_half_upsampled": "base VAE at 1/2 res.,\nupsampled ({} tokens)",
-              "davae": "DA-VAE ({} tokens)", "base_full": "base VAE at full res.\n({} tokens)"}
+ROW_LABELS = {"base_half_upsampled": "base VAE at 1/2 res.,\nupsampled\n{} latent cells",
+              "davae": "DA-VAE\n{} latent cells\n(same tokens)", "base_full": "base VAE at full res.\n{} latent cells\n(4x the tokens)"}
 
 
-def save_reconstruction_grid(path, images: torch.Tensor, result: dict, recs: dict, rows=("base_half_upsampled", "davae")):
+def save_reconstruction_grid(path, images: torch.Tensor, result: dict, recs: dict, rows=("base_half_upsampled", "davae", "base_full")):
     """Originals, then one labelled row per method of ``rows`` with each image's PSNR under it."""
     from .plot import save_grid
 

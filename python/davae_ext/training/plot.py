@@ -4,6 +4,7 @@ matplotlib's object API on its Agg canvas (no display, no global pyplot state)."
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -87,7 +88,10 @@ def grid_figure(rows: Sequence[np.ndarray], row_labels: Sequence[str] = (), capt
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     label_in = 2.2 if row_labels else 0.0
-    caption_in = 0.35 if captions else 0.05
+    if captions:  # wrapped to the image width (about 17 characters of 7 pt text per inch)
+        captions = [[textwrap.fill(c, width=max(int(cell_in * 17), 8)) for c in row] for row in captions]
+    lines = max((c.count("\n") + 1 for row in captions for c in row), default=1) if captions else 0
+    caption_in = 0.12 * lines + 0.15 if captions else 0.05
     fig = _figure(label_in + n_cols * cell_in, n_rows * (cell_in + caption_in) + (0.4 if title else 0.1))
     with matplotlib.rc_context(STYLE):
         axes = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -101,13 +105,13 @@ def grid_figure(rows: Sequence[np.ndarray], row_labels: Sequence[str] = (), capt
                 if c < len(rows[r]):
                     ax.imshow(rows[r][c], interpolation="nearest")
                 if captions and c < len(captions[r]):
-                    ax.set_xlabel(captions[r][c], fontsize=7, wrap=True)
+                    ax.set_xlabel(captions[r][c], fontsize=7)
             if r < len(row_labels):
                 axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8, labelpad=8)
         if title:
             fig.suptitle(title)
         fig.subplots_adjust(left=label_in / fig.get_figwidth() if row_labels else 0.01, right=0.99, wspace=0.05,
-                            hspace=0.35 if captions else 0.05)
+                            hspace=caption_in / cell_in + 0.05)
     return fig
 
 
