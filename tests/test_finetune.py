@@ -180,3 +180,36 @@ def test_fused_bf16_mixed_precision(quick_pipeline, tmp_path):
     run([*FAST, "--steps", "2", "--no-sample", "--mixed-precision", "bf16", "--output-dir", str(plain)])
     a, b = losses(fused), losses(plain)
     assert all(math.isfinite(x) for x in a) and a == pytest.approx(b, rel=0.05)
+
+
+def test_a_nan_batch_is_skipped_and_resume_after_it_is_exact(quick_pipeline, tmp_path):
+    """Step 1's batch is NaN: the step is skipped (logged, counted) and leaves the weights, the
+    optimizer state and the EMA as they were; training continues; a run stopped right after the
+    skipped step and resumed ends where an uninterrupted one does."""
+    straight = tmp_path / "straight"
+    args = [*FAST, "--steps", "4", "--nan-at-step", "1", "--checkpoint-every", "1", "--keep-checkpoints", "4",
+            "--no-sample"]
+    run([*args, "--output-dir", str(straight)])
+    assert losses(straight, "skipped") == [0, 1, 0, 0]
+    loss = losses(straight)
+    assert math.isnan(loss[1]) and all(math.isfinite(v) for v in loss[:1] + loss[2:])
+    s = json.loads((straight / "summary.json").read_text())
+    assert s["skipped_steps"] == 1 and s["recipe"] == "released"
+    before, after = (torch.load(straight / "checkpoints" / f"step_{n:07d}.pt", map_location="cpu") for n in (1, 2))
+    for b, a in ((before["model"], after["model"]), (before["ema"]["shadow"], after["ema"]["shadow"])):
+        assert b.keys() == a.keys()
+        for k in b:
+            assert torch.equal(b[k], a[k]), k
+    assert before["optimizer"]["state"].keys() == after["optimizer"]["state"].keys()
+    for i, st in before["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, after["optimizer"]["state"][i][k]), (i, k)
+    final = torch.load(straight / "checkpoints" / "step_0000004.pt", map_location="cpu")
+    assert any(not torch.equal(before["model"][k], final["model"][k]) for k in before["model"])  # it went on
+
+    resumed = tmp_path / "resumed"
+    run([*args, "--stop-at", "2", "--output-dir", str(resumed)])
+    run([*args, "--resume", "--output-dir", str(resumed)])
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
+    assert a["fingerprint"] == b["fingerprint"]
+    assert losses(resumed, "skipped") == [0, 1, 0, 0]

@@ -57,7 +57,7 @@ def test_short_run_writes_everything(quick_pipeline, tmp_path):
 def test_resume_matches_uninterrupted(quick_pipeline, tmp_path):
     base = ["--base-vae", str(quick_pipeline), "--checkpoint-every", "3", "--no-eval", "--fused", *FAST]
     run([*base, "--output-dir", str(tmp_path / "straight"), "--steps", "5"])
-    run([*base, "--output-dir", str(tmp_path / "resumed"), "--steps", "3"])
+    run([*base, "--output-dir", str(tmp_path / "resumed"), "--steps", "5", "--stop-at", "3"])
     p = run([*base, "--output-dir", str(tmp_path / "resumed"), "--steps", "5", "--resume"])
     assert "resumed from" in p.stdout + p.stderr
     assert summary(tmp_path / "resumed")["fingerprint"] == summary(tmp_path / "straight")["fingerprint"]

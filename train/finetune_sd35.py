@@ -12,8 +12,10 @@ this on the first batch and records it in summary.json). The patch embedder and 
 in full, the rest through LoRA (rank / alpha 256 on to_q, to_k, to_v, to_out.0, ff.net.2,
 norm1.linear) or fully with --full. Objective: SD3 rectified flow with logit-normal timesteps on
 the shifted schedule (shift 4.0), 10% prompt dropout, the detail channels' weight ramped by Eq. 12
-and normalised by Eq. 13 (--loss-mode x0_min_snr: the released code's variant). DA-VAE latents and
-text embeddings are computed once per (model, DA-VAE, data) and cached on disk.
+and normalised by Eq. 13. --recipe released (the default) uses the released code's x0 + min-SNR
+form, gradient clip 0.5 and skips steps with a gradient norm above 10; --recipe paper the
+velocity form (docs/recipes.md). DA-VAE latents and text embeddings are computed once per
+(model, DA-VAE, data) and cached on disk.
 
 Writes under --output-dir: log.csv, checkpoints/ (atomic; --resume continues exactly),
 loss_curves.png (base and detail channels), samples.png (fixed prompts, 2x resolution, EMA

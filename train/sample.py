@@ -31,22 +31,24 @@ def main(argv=None) -> dict:
     prompts = sampling.prompts_of(args.prompt, args.prompts)
     pipe_dir = sampling.ensure_pipeline(args.pipeline, progress)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    pipe = sampling.load_pipeline(DAVAEStableDiffusion3Pipeline, pipe_dir, args.device, dtype, args.shift)
+    pipe = sampling.load_pipeline(DAVAEStableDiffusion3Pipeline, pipe_dir, args.device, dtype)
+    chosen = sampling.resolve_settings(args, pipe)
+    sampling.set_shift(pipe, chosen["shift"])
     pipe.transformer.pos_embed.fused = args.fused
     resolution = args.resolution or pipe.default_sample_size * pipe.vae_scale_factor
-    settings = dict(seed=args.seed, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
-                    negative_prompt=args.negative_prompt, progress=progress)
+    settings = dict(seed=args.seed, steps=chosen["steps"], guidance=chosen["guidance"], batch_size=args.batch_size,
+                    negative_prompt=chosen["negative_prompt"], progress=progress)
     images, ips = sampling.sample(pipe, prompts, resolution, label="DA-VAE", **settings)
     out = Path(args.output_dir)
     tokens = (resolution // pipe.vae_scale_factor // pipe.patch_size) ** 2
     label = f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens\n{ips:.3f} img/s"
     files = sampling.save_images(images, prompts, out, label)
-    record = {"pipeline": str(pipe_dir), "prompts": prompts, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
-              "shift": args.shift, "resolution": resolution, "batch_size": args.batch_size, "fused": args.fused,
+    record = {"pipeline": str(pipe_dir), "prompts": prompts, "seed": args.seed, **chosen, "resolution": resolution,
+              "batch_size": args.batch_size, "fused": args.fused,
               "device": args.device, "dtype": str(dtype), "tokens_per_image": tokens, "images_per_s": ips, "files": files}
     if args.compare_native:
         base_dir = args.base_model or sampling.base_model_of(pipe_dir)
-        native = sampling.load_pipeline(StableDiffusion3Pipeline, base_dir, args.device, dtype, args.shift)
+        native = sampling.load_pipeline(StableDiffusion3Pipeline, base_dir, args.device, dtype, chosen["shift"])
         native_images, native_ips = sampling.sample(native, prompts, resolution, label="native", **settings)
         native_tokens = (resolution // native.vae_scale_factor // native.patch_size) ** 2
         sampling.save_comparison(out / "compare.png", images, native_images, prompts, label,

@@ -6,13 +6,16 @@
     torchrun --nproc_per_node 2 train/train_vae.py ...           # two CPU processes (gloo)
 
 The base encoder is frozen; the detail encoder trunk is frozen by default (the released SD3 recipe:
-only its new down block trains, plus the up block and the decoder). Loss:
-L1 x 2.0 + KL x 1e-7 + alignment x 1.0 (+ LPIPS x 1.0 with --lpips-weights, + PatchGAN hinge x 0.1
-with --gan). Each step's batch, crops and noise depend only on (seed, step), so --resume continues
-exactly where a killed run stopped.
+only its new down block trains, plus the up block and the decoder). Loss: L1 x 2.0 + KL x 1e-7 +
+alignment (+ LPIPS x 1.0 with --lpips-weights, + PatchGAN hinge x 0.1 with --gan). --recipe
+released (the default) compares with the base VAE's own reconstruction, L1 on [0, 1], alignment
+x 0.2, cosine learning rate; --recipe paper with the image, alignment x 1.0, the GAN on
+(docs/recipes.md). Each step's batch, crops and noise depend only on (seed, step), so --resume
+continues exactly where a killed run stopped.
 
 Writes under --output-dir: log.csv, checkpoints/step_*.pt (atomic), loss_curves.png,
-reconstructions.png (rows: input, base VAE at 1/2 resolution upsampled, DA-VAE), eval.json, and
+reconstructions.png (rows: input, base VAE at 1/2 resolution upsampled, DA-VAE, base VAE at full
+resolution), eval.json, and
 davae/ (save_pretrained, with the detail latent statistics).
 """
 

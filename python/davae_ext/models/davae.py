@@ -164,7 +164,9 @@ class DAVAE(ModelMixin, ConfigMixin):
     """Detail-Aligned VAE on top of a diffusers ``AutoencoderKL`` (see the module docstring).
 
     Build one from a pretrained VAE with :meth:`from_base_vae`; the config holds the base VAE's
-    config, so ``save_pretrained`` / ``from_pretrained`` round-trip the whole model."""
+    config, so ``save_pretrained`` / ``from_pretrained`` round-trip the whole model.
+    ``training_recipe`` is metadata: the name of the recipe the model was trained with (set by
+    ``train/train_vae.py``), unused by the model itself."""
 
     _supports_gradient_checkpointing = True
 
@@ -179,6 +181,7 @@ class DAVAE(ModelMixin, ConfigMixin):
         detail_dropout: float = 0.0,
         detail_mean: Optional[Sequence[float]] = None,
         detail_std: Optional[Sequence[float]] = None,
+        training_recipe: Optional[str] = None,
     ):
         super().__init__()
         if order not in ORDERS:
@@ -336,6 +339,14 @@ class DAVAE(ModelMixin, ConfigMixin):
         h, w = image.shape[-2:]
         s = self.config.scale
         return F.interpolate(image, size=(h // s, w // s), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    @torch.no_grad()
+    def base_reconstruction(self, image: torch.Tensor) -> torch.Tensor:
+        """The base VAE's own reconstruction of ``image`` at its full resolution (encode, posterior
+        mean, decode): the released recipe's reconstruction target."""
+        self._check_image(image)
+        base = self.base_vae
+        return base.decode(base.encode(image).latent_dist.mean).sample
 
     @torch.no_grad()
     def encode_base(self, image: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,16 @@ channels are denoised jointly; on decode only the detail slice is de-normalised 
 own statistics), then the DA-VAE decoder maps the raw latent to the image. Everything else
 (classifier-free guidance, negative prompts, ``prompt_embeds``, generators, the scheduler,
 callbacks, ``output_type``) is diffusers' own code path.
+
+``sampling_defaults`` (saved as ``sampling_defaults.json`` beside ``model_index.json``) holds the
+number of steps, guidance scale and negative prompt the pipeline was trained to be sampled with;
+a call uses them for any of the three it is not given.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Optional
 
 import torch
@@ -23,10 +29,16 @@ from .davae import DAVAE
 from .sd3 import DAVAESD3Transformer2DModel
 
 
+SAMPLING_DEFAULTS_FILE = "sampling_defaults.json"
+_CALL_DEFAULTS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative_prompt": "negative_prompt"}
+
+
 class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     """``height`` / ``width`` are the output image's; they must be multiples of the DA-VAE's
     spatial factor times the transformer's patch size. ``output_type="latent"`` returns the
     normalised C + D latent the transformer produced."""
+
+    sampling_defaults: dict = {}
 
     def __init__(self, transformer: DAVAESD3Transformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,
                  vae: DAVAE, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
@@ -65,6 +77,21 @@ class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                    tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
                    text_encoder_3=pipe.text_encoder_3, tokenizer_3=pipe.tokenizer_3)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.sampling_defaults:
+            with open(os.path.join(save_directory, SAMPLING_DEFAULTS_FILE), "w") as f:
+                json.dump(self.sampling_defaults, f, indent=1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        path = os.path.join(str(pretrained_model_name_or_path), SAMPLING_DEFAULTS_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                pipe.sampling_defaults = json.load(f)
+        return pipe
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised C + D latent -> image in [-1, 1] (unclamped)."""
         raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
@@ -79,6 +106,11 @@ class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if height % multiple or width % multiple:
             raise ValueError(f"DAVAEStableDiffusion3Pipeline: height and width must be multiples of {multiple} "
                              f"(DA-VAE factor {self.vae_scale_factor} x patch size {self.patch_size}), got {height} x {width}")
+        if not args:  # positional arguments after the prompt would shadow these keywords
+            for key, name in _CALL_DEFAULTS.items():
+                given = name in kwargs or (key == "negative_prompt" and "negative_prompt_embeds" in kwargs)
+                if not given and self.sampling_defaults.get(key):
+                    kwargs[name] = self.sampling_defaults[key]
         out = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True, **kwargs)
         latents = out.images
         if output_type == "latent":

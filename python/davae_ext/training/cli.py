@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+from .recipes import DEFAULT_RECIPE, RECIPE_NAMES, RECIPES, describe, recipe_defaults
+
 DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
 DEFAULT_TRAIN_CROP = 128
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -75,14 +77,49 @@ def _parser(description: Optional[str]) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+class RecipeParser(argparse.ArgumentParser):
+    """A parser whose defaults come from the ``--recipe`` named on the command line (or the default
+    recipe): it looks for ``--recipe`` first, sets that recipe's defaults, then parses everything,
+    so an explicit flag always wins over the recipe."""
+
+    def __init__(self, script: str, description: Optional[str]):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.script = script
+        self.add_argument("--recipe", choices=RECIPE_NAMES, default=DEFAULT_RECIPE,
+                          help=f"the defaults of every setting docs/recipes.md tables: 'released' (the authors' "
+                               f"released code, which produced the published checkpoints and numbers) or 'paper' "
+                               f"(the paper's equations and Table S1); explicit flags override it "
+                               f"(default: {DEFAULT_RECIPE})")
+
+    def parse_known_args(self, args=None, namespace=None):
+        probe = argparse.ArgumentParser(add_help=False)
+        probe.add_argument("--recipe", default=DEFAULT_RECIPE)
+        name = probe.parse_known_args(args)[0].recipe
+        if name in RECIPES:  # an unknown name is reported by the full parse
+            self.set_defaults(**recipe_defaults(self.script, name))
+        return super().parse_known_args(args, namespace)
+
+
+def _by_recipe(script: str, key: str) -> str:
+    return f"(default: by --recipe: {describe(script, key)})"
+
+
 def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, batch_size: int) -> None:
-    """The arguments :class:`~davae_ext.training.common.TrainingRun` reads, shared by both trainers."""
+    """The arguments :class:`~davae_ext.training.common.TrainingRun` reads, shared by both trainers
+    (a recipe may set the gradient clip and skip threshold)."""
     a = p.add_argument
+    script = getattr(p, "script", None)
+    by_recipe = script is not None and "grad_clip" in RECIPES[DEFAULT_RECIPE][script]
     a("--output-dir", default=output_dir, help=f"where everything is written (default: {output_dir})")
     a("--steps", type=POSITIVE, default=steps, help=f"optimizer steps (default: {steps})")
     a("--batch-size", type=POSITIVE, default=batch_size,
       help=f"global batch size, split over processes (default: {batch_size})")
-    a("--grad-clip", type=WEIGHT, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
+    a("--grad-clip", type=WEIGHT, default=1.0, help="gradient-norm clip, 0 = off " + (
+        _by_recipe(script, "grad_clip") if by_recipe else "(default: 1.0)"))
+    a("--skip-grad-norm", type=WEIGHT, default=0.0,
+      help="skip (do not apply) a step whose gradient norm is non-finite or above this; the weights, optimizer "
+           "state and EMA stay as they were, the step is logged and counted; 0 = skip only non-finite steps " + (
+               _by_recipe(script, "skip_grad_norm") if by_recipe else "(default: 0)"))
     a("--gradient-checkpointing", action="store_true", help="recompute activations in backward (default: off)")
     a("--checkpoint-every", type=POSITIVE, default=100, help="steps between checkpoints (default: 100)")
     a("--keep-checkpoints", type=POSITIVE, default=2, help="checkpoints kept (default: 2)")
@@ -90,10 +127,11 @@ def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, b
     a("--seed", type=NON_NEGATIVE, default=0, help="seed of every batch, crop and noise draw (default: 0)")
     a("--no-progress", action="store_true", help="no tqdm progress bar (default: shown)")
     a("--quick-default", action="store_true", help=argparse.SUPPRESS)  # tests: the quick tiny models
+    a("--stop-at", type=POSITIVE, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
 
 
 def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    p = _parser(description)
+    p = RecipeParser("train_vae", description)
     add_run_arguments(p, "outputs/train_vae", steps=600, batch_size=4)
     a = p.add_argument
     a("--base-vae", default=None, help="diffusers AutoencoderKL folder, or a pipeline folder with a 'vae' subfolder "
@@ -116,20 +154,32 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
       help="per-sample dropout of the detail latent at the decoder input (default: 0)")
     a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     a("--lr-warmup", type=NON_NEGATIVE, default=0, help="linear warm-up steps (default: 0)")
+    a("--lr-schedule", choices=["constant", "cosine"], help="after the warm-up: constant, or cosine decay to 0 at "
+                                                             "--steps " + _by_recipe("train_vae", "lr_schedule"))
+    a("--recon-target", choices=["image", "base_reconstruction"],
+      help="what L1 / LPIPS compare the output with: the image, or the base VAE's own reconstruction of it "
+           "(encode, posterior mean, decode; the DA-VAE then learns to reproduce the base VAE's quality) "
+           + _by_recipe("train_vae", "recon_target"))
+    a("--image-range", choices=["signed", "unit"],
+      help="the image range L1 is computed in: [-1, 1] ('signed') or [0, 1] ('unit', half the signed L1) "
+           + _by_recipe("train_vae", "image_range"))
+    a("--clamp-output", action=argparse.BooleanOptionalAction,
+      help="clamp the decoded image to the image range during training " + _by_recipe("train_vae", "clamp_output"))
     a("--weight-decay", type=WEIGHT, default=1e-4, help="AdamW weight decay, not on biases and norms (default: 1e-4)")
-    a("--l1-weight", type=WEIGHT, default=2.0, help="L1 weight (default: 2.0)")
-    a("--kl-weight", type=WEIGHT, default=1e-7, help="KL weight (default: 1e-7)")
+    a("--l1-weight", type=WEIGHT, help="L1 weight " + _by_recipe("train_vae", "l1_weight"))
+    a("--kl-weight", type=WEIGHT, help="KL weight " + _by_recipe("train_vae", "kl_weight"))
     a("--kl-form", choices=["sum", "mean"], default="sum",
       help="KL normalisation: 'sum' = 0.5*sum over C,H,W, batch mean (SD3 recipe); 'mean' = element mean, "
            "no 1/2 (ImageNet) (default: sum)")
-    a("--align-weight", type=WEIGHT, default=1.0,
-      help="alignment loss weight; 0 = the ablation without it (default: 1.0)")
+    a("--align-weight", type=WEIGHT,
+      help="alignment loss weight; 0 = the ablation without it " + _by_recipe("train_vae", "align_weight"))
     a("--align-mode", choices=["constant", "adaptive"], default="constant",
       help="constant weight (SD3 recipe) or weight x gradient-norm ratio (ImageNet recipe) (default: constant)")
     a("--lpips-weights", default=None,
       help="local LPIPS-VGG16 weights (file or folder); enables the perceptual loss (default: off)")
-    a("--lpips-weight", type=WEIGHT, default=1.0, help="perceptual loss weight when enabled (default: 1.0)")
-    a("--gan", action="store_true", help="add a PatchGAN hinge loss (default: off, as the released SD3 recipe)")
+    a("--lpips-weight", type=WEIGHT, help="perceptual loss weight when enabled " + _by_recipe("train_vae", "lpips_weight"))
+    a("--gan", action=argparse.BooleanOptionalAction,
+      help="add a PatchGAN hinge loss from --gan-start " + _by_recipe("train_vae", "gan"))
     a("--gan-weight", type=WEIGHT, default=0.1, help="adversarial weight, times the adaptive ratio (default: 0.1)")
     a("--gan-start", type=NON_NEGATIVE, default=5001, help="step from which the GAN terms are on (default: 5001)")
     a("--disc-lr", type=RATE, default=1e-4, help="discriminator learning rate (default: 1e-4)")
@@ -142,7 +192,7 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
 
 
 def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    p = _parser(description)
+    p = RecipeParser("finetune", description)
     add_run_arguments(p, "outputs/finetune_sd35", steps=300, batch_size=8)
     a = p.add_argument
     a("--model", default=None,
@@ -163,21 +213,30 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
     a("--lora-alpha", type=RATE, default=256, help="LoRA alpha (default: 256)")
     a("--lora-targets", default="to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear",
       help="comma-separated LoRA target modules (default: to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear)")
-    a("--shift", type=RATE, default=4.0, help="timestep shift of the training schedule (default: 4.0)")
+    a("--shift", type=RATE, help="timestep shift of the training schedule " + _by_recipe("finetune", "shift"))
     a("--caption-dropout", type=PROBABILITY, default=0.1, help="probability of the empty prompt (default: 0.1)")
     a("--n-warm", type=NON_NEGATIVE, default=None, help="N_warm of Eq. 12 in steps (default: min(10000, steps / 2))")
-    a("--loss-mode", choices=["velocity", "x0_min_snr"], default="velocity",
-      help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant (default: velocity)")
-    a("--min-snr-gamma", type=RATE, default=5.0, help="gamma of --loss-mode x0_min_snr (default: 5.0)")
+    a("--loss-mode", choices=["velocity", "x0_min_snr"],
+      help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant " + _by_recipe("finetune", "loss_mode"))
+    a("--min-snr-gamma", type=RATE, help="gamma of --loss-mode x0_min_snr " + _by_recipe("finetune", "min_snr_gamma"))
+    a("--timestep-rounding", choices=["none", "floor"],
+      help="the timestep the transformer and min-SNR see: 1000 sigma, or floor(1000 sigma) as the released code "
+           + _by_recipe("finetune", "timestep_rounding"))
+    a("--trainable-dtype", choices=["auto", "float32", "bfloat16"],
+      help="dtype of the trained weights (LoRA, patch embedder, head): 'auto' = bfloat16 under --mixed-precision "
+           "bf16, else float32 " + _by_recipe("finetune", "trainable_dtype"))
     a("--ema-decay", type=DECAY, default=0.999,
       help="EMA decay of the trainable weights, used for sampling (default: 0.999)")
     a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
       help="autocast precision, also of the default DA-VAE's training (default: no)")
     a("--fused", action="store_true",
       help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
-    a("--stop-at", type=POSITIVE, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
+    a("--nan-at-step", type=NON_NEGATIVE, default=None, help=argparse.SUPPRESS)  # tests: a NaN batch at this step
     a("--sample-steps", type=POSITIVE, default=20, help="denoising steps of the final sample grid (default: 20)")
     a("--guidance", type=WEIGHT, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
+    a("--negative-prompt", default=None,
+      help="negative prompt of the final sample grid, also stored as the pipeline's default (default: by --recipe: "
+           + "; ".join(f"{n}: {RECIPES[n]['sampling']['negative_prompt']!r}" for n in RECIPE_NAMES) + ")")
     a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
     return p
 
@@ -227,11 +286,12 @@ def sample_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
                                                    "built by the default fine-tuning run if missing)")
     a("--prompt", action="append", default=None, help="a prompt (repeatable) (default: four fixed prompts)")
     a("--prompts", default=None, help="prompt file, one per line (default: none)")
-    a("--negative-prompt", default=None, help="negative prompt for every image (default: none)")
+    a("--negative-prompt", default=None,
+      help="negative prompt for every image, '' for none (default: the pipeline's, from its training recipe)")
     a("--seed", type=NON_NEGATIVE, default=0, help="seed of image i is seed + i (default: 0)")
-    a("--steps", type=POSITIVE, default=30, help="denoising steps (default: 30)")
-    a("--guidance", type=WEIGHT, default=2.5, help="classifier-free guidance scale (default: 2.5)")
-    a("--shift", type=RATE, default=4.0, help="scheduler timestep shift (default: 4.0)")
+    a("--steps", type=POSITIVE, default=None, help="denoising steps (default: the pipeline's, else 30)")
+    a("--guidance", type=WEIGHT, default=None, help="classifier-free guidance scale (default: the pipeline's, else 2.5)")
+    a("--shift", type=RATE, default=None, help="scheduler timestep shift (default: the pipeline's, else 4.0)")
     a("--resolution", type=POSITIVE, default=None,
       help="output size, e.g. 1024 or 2048 on SD3.5-M (default: the pipeline's own size)")
     a("--batch-size", type=POSITIVE, default=4, help="images per pipeline call (default: 4)")
@@ -266,6 +326,14 @@ class _Checks:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             self.fail(flag, value, f"{path} is not readable JSON ({type(exc).__name__}: {exc})")
+
+    def run_arguments(self, args) -> None:
+        """The arguments of :func:`add_run_arguments`, together."""
+        self.batch_over_processes(args.batch_size)
+        if args.stop_at is not None and args.stop_at > args.steps:
+            self.fail("--stop-at", args.stop_at, f"at most --steps {args.steps}")
+        if args.resume:
+            self.resumable(args.output_dir)
 
     def file(self, flag: str, value: Optional[str]) -> None:
         if value is not None and not os.path.exists(value):
@@ -409,9 +477,7 @@ def check_train_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     c.image_folder("--data", args.data)
     c.image_folder("--eval-data", args.eval_data)
     c.file("--lpips-weights", args.lpips_weights)
-    c.batch_over_processes(args.batch_size)
-    if args.resume:
-        c.resumable(args.output_dir)
+    c.run_arguments(args)
     return args
 
 
@@ -420,6 +486,9 @@ def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     transformer, vae = c.sd3_pipeline("--model", args.model) if args.model else _tiny_configs()
     if not [t for t in args.lora_targets.split(",") if t.strip()] and not args.full:
         c.fail("--lora-targets", args.lora_targets, "expected at least one module name")
+    if args.trainable_dtype == "bfloat16" and args.mixed_precision != "bf16":
+        c.fail("--trainable-dtype", args.trainable_dtype, "bfloat16 weights need --mixed-precision bf16 (the forward "
+                                                          f"pass runs in float32 under --mixed-precision {args.mixed_precision})")
     if args.davae:
         davae = c.davae("--davae", args.davae)
         C = davae["base_vae_config"]["latent_channels"]
@@ -437,11 +506,7 @@ def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.synthetic == 0:
         c.image_folder("--data", args.data)
     c.prompts("--prompts", args.prompts)
-    c.batch_over_processes(args.batch_size)
-    if args.stop_at is not None and args.stop_at > args.steps:
-        c.fail("--stop-at", args.stop_at, f"at most --steps {args.steps}")
-    if args.resume:
-        c.resumable(args.output_dir)
+    c.run_arguments(args)
     return args
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -156,8 +157,22 @@ class CSVLog:
             csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
 
+def clip_or_skip(accelerator, params, clip: float, skip_above: float) -> tuple[float, bool]:
+    """After ``backward``: the gradient norm of ``params`` (before clipping), clipped to ``clip``
+    when > 0, and whether to apply the step: not when the norm is non-finite (a NaN batch, an inf
+    loss) or above ``skip_above`` (> 0). A skipped step must leave the weights, the optimizer state
+    and the EMA as they are; the caller zeroes the gradients."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0, True
+    norm = float(accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+    return norm, math.isfinite(norm) and (skip_above <= 0 or norm <= skip_above)
+
+
 def first_last(values: Sequence[float], fraction: float = 0.1) -> tuple[float, float]:
-    """Means of the first and the last ``fraction`` of a curve (at least one value each)."""
+    """Means of the first and the last ``fraction`` of a curve (at least one value each);
+    non-finite values (skipped steps) are left out."""
+    values = [v for v in values if math.isfinite(v)] or [float("nan")]
     n = max(1, int(len(values) * fraction))
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
@@ -294,11 +309,13 @@ class TrainingRun:
         return stop
 
     def finish(self, model: torch.nn.Module) -> dict:
-        """Waits for every process; the summary every run reports (steps, processes, seconds, the
-        trainable weights' fingerprint, also written per rank)."""
+        """Waits for every process; the summary every run reports (recipe, steps, steps skipped by
+        the gradient check, processes, seconds, the trainable weights' fingerprint, also written per
+        rank)."""
         self.accelerator.wait_for_everyone()
-        summary = {"steps": self.args.steps, "processes": self.world, "seconds": round(self.elapsed(), 2),
-                   "fingerprint": fingerprint(model)}
+        summary = {"recipe": self.args.recipe, "steps": self.args.steps,
+                   "skipped_steps": int(sum(csv_column(self.out / "log.csv", "skipped"))),
+                   "processes": self.world, "seconds": round(self.elapsed(), 2), "fingerprint": fingerprint(model)}
         write_rank_fingerprint(self.out, self.rank, self.world, summary["fingerprint"])
         return summary
 

@@ -22,14 +22,16 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.sd3 import expand_transformer
 from .cache import atomic_dir, cache_root, is_complete
-from .common import EMA, TrainingRun, batch_indices, csv_column, first_last, step_generator, trainable_state
+from .common import (EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator,
+                     trainable_state)
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import add_lora, merge_lora
 from .plot import save_curves, save_grid
+from .recipes import DEFAULT_RECIPE, recipe_defaults
 
-DEFAULT_DAVAE_VERSION = "default-davae-v1"
-LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "steps_per_s", "seconds"]
+DEFAULT_DAVAE_VERSION = "default-davae-v2"
+LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "grad_norm", "skipped", "steps_per_s", "seconds"]
 
 
 def finetune(args: argparse.Namespace) -> dict:
@@ -87,11 +89,13 @@ def summary_lines(summary: dict, out: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no") -> str:
-    """A DA-VAE on ``model``'s VAE, trained on first use with train_vae.py's defaults and cached
-    under a key of the model folder and its VAE's files (another model never reuses it). It
-    trains in this process, whose accelerate state is already set: with the same
-    ``mixed_precision`` (accelerate refuses a second, different one), which is part of the key."""
+def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no",
+                  recipe: str = DEFAULT_RECIPE) -> str:
+    """A DA-VAE on ``model``'s VAE, trained on first use with train_vae.py's defaults under
+    ``recipe`` and cached under a key of the model folder and its VAE's files (another model never
+    reuses it) and the recipe. It trains in this process, whose accelerate state is already set:
+    with the same ``mixed_precision`` (accelerate refuses a second, different one), which is part
+    of the key."""
     from .cli import train_vae_parser
     from .vae import train_davae
 
@@ -99,14 +103,15 @@ def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str 
     for f in sorted((Path(model) / "vae").glob("*")):
         h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     precision = "" if mixed_precision == "no" else f"-{mixed_precision}"
-    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}{'-quick' if quick else ''}{precision}-{h.hexdigest()[:12]}"
+    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}-{recipe}{'-quick' if quick else ''}{precision}-{h.hexdigest()[:12]}"
     if is_complete(folder):
         return str(folder / "davae")
-    recipe = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
-             ["--steps", "300"]  # train_vae.py's defaults otherwise
+    steps = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
+            ["--steps", "300"]  # train_vae.py's defaults otherwise
     with atomic_dir(folder) as tmp:
         train_davae(train_vae_parser().parse_args(
-            ["--base-vae", model, "--output-dir", str(tmp), *recipe, "--fused", "--mixed-precision", mixed_precision]
+            ["--base-vae", model, "--output-dir", str(tmp), *steps, "--recipe", recipe, "--fused",
+             "--mixed-precision", mixed_precision]
             + ([] if progress else ["--no-progress"])))
     return str(folder / "davae")
 
@@ -124,7 +129,7 @@ def load_models(args, run: TrainingRun):
             args.model = str(build_tiny_sd35(quick=args.quick_default, progress=run.progress))
     if args.davae is None:
         with run.accelerator.main_process_first():
-            args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision)
+            args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision, args.recipe)
     davae = DAVAE.from_pretrained(args.davae).to(run.device).eval()
     davae.requires_grad_(False)
     original = SD3Transformer2DModel.from_pretrained(args.model, subfolder="transformer")
@@ -223,6 +228,7 @@ class _Tuner:
         self.args, self.run, self.cache = args, run, cache
         self.order, self.C = davae.config.order, davae.base_channels
         self.step0: Optional[dict] = None
+        torch.manual_seed(args.seed)  # the LoRA init, whether or not the default models were just built here
         transformer = expand_transformer(original, davae.detail_channels, init="zero", order=self.order, fused=args.fused)
         if args.full:
             transformer.requires_grad_(True)
@@ -250,6 +256,8 @@ class _Tuner:
         keys[torch.rand(len(idx), generator=g) < args.caption_dropout] = len(cache["captions"]) - 1  # the empty prompt
         sigmas = sample_sigmas(len(idx), args.shift, g)
         noise = torch.randn(x0.shape, generator=g)
+        if args.nan_at_step == step:  # tests: a corrupt batch
+            x0 = torch.full_like(x0, float("nan"))
         dev = run.device
         return (x0.to(dev), noise.to(dev), sigmas.to(dev), cache["prompt_embeds"][keys].to(dev), cache["pooled"][keys].to(dev))
 
@@ -260,12 +268,21 @@ class _Tuner:
             self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
                                      self.batch(0), self.C, self.order)
             self.run.accelerator.print(f"step 0: {self.step0}")
+            self._cast_trainable()
             return 0
+        self._cast_trainable()
         self.transformer.load_state_dict(state["model"], strict=False)
         self.opt.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.step0 = state.get("step0")
         return int(state["step"])
+
+    def _cast_trainable(self) -> None:
+        """The trained weights to ``--trainable-dtype`` (after the float32 step-0 check, before a
+        checkpoint's weights and optimizer state are loaded into them)."""
+        dtype = trainable_dtype(self.args.trainable_dtype, self.args.mixed_precision)
+        for _, p in self.trainable(self.transformer):
+            p.data = p.data.to(dtype)
 
     def prepare(self) -> None:
         self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
@@ -278,17 +295,20 @@ class _Tuner:
         x0, noise, sigmas, emb, pooled = self.batch(step)
         s = sigmas.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
+        t = timesteps(sigmas, args.timestep_rounding)
         with acc.autocast():
-            pred = self.transformer(xt, emb, pooled, sigmas * 1000).sample
-        parts = flow_loss(pred.float(), x0, noise, sigmas, self.C, self.order, w, args.loss_mode, args.min_snr_gamma)
+            pred = self.transformer(xt, emb, pooled, t).sample
+        parts = flow_loss(pred.float(), x0, noise, sigmas, self.C, self.order, w, args.loss_mode, args.min_snr_gamma,
+                          snr_sigmas=t / 1000)
         self.opt.zero_grad(set_to_none=True)
         acc.backward(parts["loss"])
-        if args.grad_clip > 0:
-            acc.clip_grad_norm_([p for _, p in self.trainable(self.core)], args.grad_clip)
-        self.opt.step()
-        self.ema.update(self.trainable(self.core))
+        norm, apply = clip_or_skip(acc, [p for _, p in self.trainable(self.core)], args.grad_clip, args.skip_grad_norm)
+        if apply:
+            self.opt.step()
+            self.ema.update(self.trainable(self.core))
+        self.opt.zero_grad(set_to_none=True)
         return {"step": step, "loss": parts["loss"].item(), "base_mse": parts["base_mse"].item(),
-                "detail_mse": parts["detail_mse"].item(), "detail_weight": w}
+                "detail_mse": parts["detail_mse"].item(), "detail_weight": w, "grad_norm": norm, "skipped": int(not apply)}
 
     def checkpoint_state(self) -> dict:
         return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
@@ -299,6 +319,19 @@ class _Tuner:
         save_curves(self.run.out / "loss_curves.png",
                     {"base channels (MSE)": csv_column(log, "base_mse"), "detail channels (MSE)": csv_column(log, "detail_mse")},
                     title=f"fine-tuning on the DA-VAE latent ({'full' if self.args.full else 'LoRA'}, N_warm={self.n_warm})")
+
+
+def trainable_dtype(name: str, mixed_precision: str) -> torch.dtype:
+    """``--trainable-dtype``: 'auto' is bfloat16 under bf16 mixed precision, else float32."""
+    if name == "auto":
+        return torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+    return getattr(torch, name)
+
+
+def timesteps(sigmas: torch.Tensor, rounding: str) -> torch.Tensor:
+    """The timestep the transformer sees: ``1000 sigma``, or its floor (the released code)."""
+    t = sigmas * 1000
+    return t.floor() if rounding == "floor" else t
 
 
 @torch.no_grad()
@@ -321,6 +354,15 @@ def step0_check(transformer, original, batch, base_channels: int, order: str) ->
     }
 
 
+def sampling_defaults(args) -> dict:
+    """What the saved pipeline samples with when not told otherwise: the recipe's steps, guidance
+    and negative prompt (``--negative-prompt`` overrides it) and the training shift."""
+    defaults = recipe_defaults("sampling", args.recipe) | {"shift": args.shift, "recipe": args.recipe}
+    if args.negative_prompt is not None:
+        defaults["negative_prompt"] = args.negative_prompt
+    return defaults
+
+
 def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
     """EMA weights into the transformer, LoRA merged, pipeline saved, sample grid drawn."""
     from diffusers import StableDiffusion3Pipeline
@@ -328,7 +370,7 @@ def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
     from ..models.pipeline import DAVAEStableDiffusion3Pipeline
     from .synthetic import DEFAULT_PROMPTS
 
-    transformer.eval()
+    transformer.eval().float()  # trained weights may be bfloat16 (--trainable-dtype); the EMA is float32
     ema.copy_to([(n, p) for n, p in transformer.named_parameters() if n in ema.shadow])
     if not args.full:
         merge_lora(transformer)
@@ -336,11 +378,13 @@ def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
     davae = DAVAE.from_pretrained(args.davae).to(transformer.device).eval()
     pipe = DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
     pipe.scheduler.register_to_config(shift=args.shift)
+    pipe.sampling_defaults = sampling_defaults(args)
     pipe.save_pretrained(out / "pipeline")
     prompts = list(DEFAULT_PROMPTS)
-    images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
-                  guidance_scale=args.guidance, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
-                  output_type="pt").images
+    negative = pipe.sampling_defaults["negative_prompt"] or None
+    images = pipe(prompts, negative_prompt=negative, height=resolution, width=resolution,
+                  num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))], output_type="pt").images
     tokens = (resolution // davae.spatial_factor // transformer.config.patch_size) ** 2
     save_grid(out / "samples.png", [images * 2 - 1], [f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens"],
               [prompts], title=f"fixed prompts, {args.sample_steps} steps, guidance {args.guidance}, EMA weights")

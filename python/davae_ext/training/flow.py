@@ -48,9 +48,11 @@ def channel_mask(total: int, base_channels: int, order: str, w: float, device=No
 
 def flow_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
               base_channels: int, order: str = "base_first", w: float = 1.0, mode: str = "velocity",
-              min_snr_gamma: float = 5.0) -> dict:
+              min_snr_gamma: float = 5.0, snr_sigmas: Optional[torch.Tensor] = None) -> dict:
     """Eq. 13 (or the x0 / min-SNR variant). Returns ``loss`` (scalar) and, for logging, the plain
-    per-element mean squared velocity errors of the base and detail channels."""
+    per-element mean squared velocity errors of the base and detail channels. ``snr_sigmas``: the
+    noise levels min-SNR reads, when they differ from ``sigmas`` (the released code's truncated
+    timesteps / 1000)."""
     if mode not in LOSS_MODES:
         raise ValueError(f"flow_loss: 'mode' must be one of {LOSS_MODES}, got {mode!r}")
     if pred.shape != x0.shape or noise.shape != x0.shape:
@@ -61,7 +63,8 @@ def flow_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigmas:
     err = (pred.float() - (noise - x0).float()).pow(2)
     s = sigmas.float().view(B, 1, 1, 1).to(err.device)
     if mode == "x0_min_snr":
-        snr_weight = torch.clamp((1.0 - s) / s.clamp_min(1e-6), max=min_snr_gamma)
+        r = s if snr_sigmas is None else snr_sigmas.float().view(B, 1, 1, 1).to(err.device)
+        snr_weight = torch.clamp((1.0 - r) / r.clamp_min(1e-6), max=min_snr_gamma)
         err = err * s.pow(2) * snr_weight
     m = channel_mask(CD, base_channels, order, w, err.device)
     per_sample = (err * m).flatten(1).sum(1) / ((base_channels + w * D) * H * W)

@@ -34,12 +34,30 @@ def ensure_pipeline(path: str, progress: bool) -> Path:
     return folder
 
 
-def load_pipeline(cls, folder, device: str, dtype: torch.dtype, shift: float):
-    """``cls.from_pretrained(folder)`` on ``device`` in ``dtype`` with a flow-matching scheduler of ``shift``."""
+FALLBACK_SETTINGS = {"steps": 30, "guidance": 2.5, "shift": 4.0, "negative_prompt": ""}
+
+
+def resolve_settings(args, pipe) -> dict:
+    """Steps, guidance, shift and negative prompt: the command line's where given, else the
+    pipeline's ``sampling_defaults`` (its training recipe's), else :data:`FALLBACK_SETTINGS`."""
+    stored = getattr(pipe, "sampling_defaults", {}) or {}
+    return {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k, fallback)
+            for k, fallback in FALLBACK_SETTINGS.items()}
+
+
+def set_shift(pipe, shift: float) -> None:
+    """A flow-matching scheduler with timestep shift ``shift``, otherwise configured as the pipeline's."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+
+
+def load_pipeline(cls, folder, device: str, dtype: torch.dtype, shift: Optional[float] = None):
+    """``cls.from_pretrained(folder)`` on ``device`` in ``dtype``, its scheduler's shift set to
+    ``shift`` when given."""
+    pipe = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
+    if shift is not None:
+        set_shift(pipe, shift)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -2,9 +2,10 @@
 ``train/train_vae.py`` starts (:func:`train_davae`; its arguments: :func:`.cli.train_vae_parser`).
 
 The base encoder is frozen; the detail encoder trunk is frozen by default (the released SD3
-recipe: only its new down block trains, plus the up block and the decoder). Loss: L1 x 2.0 +
-KL x 1e-7 + alignment x 1.0 (+ LPIPS x 1.0 with ``--lpips-weights``, + PatchGAN hinge x 0.1 with
-``--gan``). Each step's batch, crops and noise depend only on (seed, step, rank), so ``--resume``
+recipe: only its new down block trains, plus the up block and the decoder). The loss is L1 + KL +
+alignment (+ LPIPS with ``--lpips-weights``, + PatchGAN hinge with ``--gan``), against the image or
+the base VAE's reconstruction of it, with the weights of ``--recipe`` (``docs/recipes.md``).
+Each step's batch, crops and noise depend only on (seed, step, rank), so ``--resume``
 continues exactly where a killed run stopped.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -21,11 +23,13 @@ from .. import use_backend
 from ..models import losses
 from ..models.davae import DAVAE, load_base_vae
 from .cli import train_crop
-from .common import TrainingRun, batch_indices, csv_column, first_last, step_generator, trainable_state
+from .common import (TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator,
+                     trainable_state)
 from .data import ImageCaptionFolder, sample_photos
 from .plot import save_curves
 
-LOG_FIELDS = ["step", "loss", "l1", "kl", "align", "align_weight", "lpips", "g_loss", "d_loss", "lr", "seconds"]
+LOG_FIELDS = ["step", "loss", "l1", "kl", "align", "align_weight", "lpips", "g_loss", "d_loss", "lr", "grad_norm",
+              "skipped", "seconds"]
 
 
 def train_davae(args: argparse.Namespace) -> dict:
@@ -68,6 +72,19 @@ def summary_lines(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def lr_lambda(schedule: str, warmup: int, steps: int):
+    """The learning-rate factor at a step: linear warm-up over ``warmup`` steps, then constant or
+    a cosine decay reaching 0 at ``steps``."""
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            span = max(steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+        return 1.0
+    return factor
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on the weights, none on biases and norms."""
     decay, no_decay = [], []
@@ -92,9 +109,8 @@ class _Setup:
         if args.gan:
             self.disc = losses.PatchDiscriminator()
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
-        warmup = args.lr_warmup
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+            self.opt, lr_lambda(args.lr_schedule, args.lr_warmup, args.steps))
 
     def resume(self, state: Optional[dict]) -> int:
         """Loads a checkpoint's state; returns the step to start from."""
@@ -140,16 +156,19 @@ class _Setup:
         """One optimiser step (and one discriminator step once the GAN is on); the log row."""
         args, acc = self.args, self.run.accelerator
         x, gen = self.batch(step)
+        target = self.core.base_reconstruction(x).float() if args.recon_target == "base_reconstruction" else x
         zero = torch.zeros((), device=x.device)
         with acc.autocast():
             o = self.model(x, generator=gen)
             rec = o.sample.float()
-            l1 = losses.l1(rec, x)
+            if args.clamp_output:
+                rec = rec.clamp(-1.0, 1.0)
+            l1 = losses.l1(rec, target) * (0.5 if args.image_range == "unit" else 1.0)
             kl = losses.kl_loss(o.posterior.detail.mean.float(), o.posterior.detail.logvar.float(), args.kl_form)
             rec_loss = args.l1_weight * l1
             lp = zero
             if self.lpips is not None:
-                lp = self.lpips(rec, x).mean()
+                lp = self.lpips(rec, target).mean()
                 rec_loss = rec_loss + args.lpips_weight * lp
             align = o.align_loss.float()
             w_align = self.align_weight(rec_loss, align, self.enc_last if self.enc_last.requires_grad else None)
@@ -160,20 +179,23 @@ class _Setup:
                 loss = loss + args.gan_weight * losses.grad_norm_ratio(rec_loss, g_loss, self.dec_last, 1e4) * g_loss
         self.opt.zero_grad(set_to_none=True)
         acc.backward(loss)
-        if args.grad_clip > 0:
-            acc.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-        self.opt.step()
+        norm, apply = clip_or_skip(acc, self.model.parameters(), args.grad_clip, args.skip_grad_norm)
+        if apply:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         self.schedule.step()
         d_loss = torch.zeros(())
-        if gan_on:
+        if gan_on and apply:
             with acc.autocast():
                 d_loss = losses.hinge_d_loss(self.disc(x), self.disc(rec.detach()))
             self.disc_opt.zero_grad(set_to_none=True)
             acc.backward(d_loss)
-            self.disc_opt.step()
+            if clip_or_skip(acc, self.disc.parameters(), 0.0, 0.0)[1]:
+                self.disc_opt.step()
+            self.disc_opt.zero_grad(set_to_none=True)
         return {"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "align": align.item(),
                 "align_weight": float(w_align), "lpips": lp.item(), "g_loss": g_loss.item(), "d_loss": d_loss.item(),
-                "lr": self.schedule.get_last_lr()[0]}
+                "lr": self.schedule.get_last_lr()[0], "grad_norm": norm, "skipped": int(not apply)}
 
     def checkpoint_state(self) -> dict:
         state = {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "args": vars(self.args)}
@@ -187,6 +209,7 @@ def _setup(args, run: TrainingRun) -> _Setup:
     """The model and the run, from arguments :func:`.cli.check_train_vae` has checked."""
     with run.accelerator.main_process_first():  # a first-use tiny build runs once, in the main process
         base_path = args.base_vae or str(_tiny(args.quick_default, run.progress))
+    torch.manual_seed(args.seed)  # the new blocks' init, whether or not the tiny model was just built here
     model = DAVAE.from_base_vae(load_base_vae(base_path), detail_channels=args.detail_channels, order=args.order,
                                 freeze_detail_trunk=args.freeze_detail_trunk, init_from_base=args.init_from_base,
                                 detail_dropout=args.detail_dropout)
@@ -218,5 +241,6 @@ def finish(model: DAVAE, args, out: Path, base_path: str, lpips, data) -> dict:
     curves = {"total": csv_column(log, "loss"), "L1": csv_column(log, "l1"), "alignment": csv_column(log, "align")}
     save_curves(out / "loss_curves.png", curves, title=f"DA-VAE on {Path(base_path).name}: "
                 f"held-out PSNR {result['davae']['psnr_db']:.2f} dB vs {result['base_half_upsampled']['psnr_db']:.2f} dB")
+    model.register_to_config(training_recipe=args.recipe)
     model.save_pretrained(out / "davae")
     return {"eval": result}
