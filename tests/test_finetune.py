@@ -194,7 +194,7 @@ def test_a_nan_batch_is_skipped_and_resume_after_it_is_exact(quick_pipeline, tmp
     loss = losses(straight)
     assert math.isnan(loss[1]) and all(math.isfinite(v) for v in loss[:1] + loss[2:])
     s = json.loads((straight / "summary.json").read_text())
-    assert s["skipped_steps"] == 1 and s["recipe"] == "released"
+    assert s["skipped_steps"] == 1 and s["recipe"] == "paper"
     before, after = (torch.load(straight / "checkpoints" / f"step_{n:07d}.pt", map_location="cpu") for n in (1, 2))
     for b, a in ((before["model"], after["model"]), (before["ema"]["shadow"], after["ema"]["shadow"])):
         assert b.keys() == a.keys()

@@ -110,3 +110,41 @@ def test_sample_script(pipes, tmp_path):
     assert record["files"] == ["0000.png", "0001.png"] and record["images_per_s"] > 0
     assert record["tokens_per_image"] == 4 and record["resolution"] == 64
     assert (tmp_path / "out" / "grid.png").exists()
+
+
+def test_sampling_defaults_round_trip_and_apply(pipes, tmp_path):
+    """A pipeline saved with sampling defaults reloads them; a call uses them for the steps and the
+    negative prompt it is not given, and the call's own values win; sample.py records them."""
+    _, pipe = pipes
+    pipe.sampling_defaults = {"steps": 3, "guidance": 2.0, "shift": 2.5, "negative_prompt": "blurry", "recipe": "released"}
+    try:
+        pipe.save_pretrained(tmp_path / "pipe")
+    finally:
+        pipe.sampling_defaults = {}
+    loaded = DAVAEStableDiffusion3Pipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.sampling_defaults["negative_prompt"] == "blurry"
+    seen = {}
+
+    def grab(_pipe, i, _t, kwargs):
+        seen["steps"] = i + 1
+        return kwargs
+
+    lat = loaded("a cat", height=32, width=32, output_type="latent", callback_on_step_end=grab).images
+    assert seen["steps"] == 3
+    g = torch.Generator().manual_seed(0)
+    given = loaded("a cat", height=32, width=32, output_type="latent", num_inference_steps=3,
+                   negative_prompt="blurry", generator=g).images
+    other = loaded("a cat", height=32, width=32, output_type="latent", num_inference_steps=3,
+                   negative_prompt="sharp", generator=torch.Generator().manual_seed(0)).images
+    default = loaded("a cat", height=32, width=32, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    assert lat.shape == default.shape
+    torch.testing.assert_close(default, given)  # the stored negative prompt was used
+    assert not torch.equal(default, other)
+    script = Path(__file__).resolve().parents[1] / "train" / "sample.py"
+    p = subprocess.run([sys.executable, str(script), "--pipeline", str(tmp_path / "pipe"), "--prompt", "a cat",
+                        "--resolution", "32", "--output-dir", str(tmp_path / "out"), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert (record["steps"], record["guidance"], record["shift"], record["negative_prompt"]) == (3, 2.0, 2.5, "blurry")

@@ -44,12 +44,12 @@ def test_each_recipe_sets_what_the_table_says(recipe, script):
         assert getattr(args, key) == value, key
 
 
-def test_the_default_recipe_is_released():
-    assert DEFAULT_RECIPE == "released"
+def test_the_default_recipe_is_paper():
+    assert DEFAULT_RECIPE == "paper"
     for script, parser in PARSERS.items():
         args = parser().parse_args([])
-        assert args.recipe == "released"
-        assert all(getattr(args, k) == v for k, v in EXPECTED["released"][script].items())
+        assert args.recipe == "paper"
+        assert all(getattr(args, k) == v for k, v in EXPECTED["paper"][script].items())
 
 
 def test_explicit_flags_override_the_recipe():

@@ -67,7 +67,9 @@ def curves_figure(curves: dict[str, Sequence[float]], title: str = "", ylabel: s
         ax.xaxis.get_major_locator().set_params(integer=True)
         if curves:  # below the axes, outside the data
             smoothed = any(len(c) > 1 for c in curves.values())
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(curves), 3), frameon=False,
+            labels = ax.get_legend_handles_labels()[1]
+            ncol = min(len(curves), 3 if max(len(t) for t in labels) <= 24 else 2)  # 3 columns of 25+ characters overflow
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False,
                       title="smoothed (raw curve faint)" if smoothed else None, title_fontsize=8)
         fig.subplots_adjust(left=0.11, right=0.97, bottom=0.32, top=0.9)
     return fig
