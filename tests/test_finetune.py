@@ -213,3 +213,19 @@ def test_a_nan_batch_is_skipped_and_resume_after_it_is_exact(quick_pipeline, tmp
     a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
     assert a["fingerprint"] == b["fingerprint"]
     assert losses(resumed, "skipped") == [0, 1, 0, 0]
+
+
+def test_released_recipe_under_bf16_trains_bf16_weights_and_samples(quick_pipeline, tmp_path):
+    """--recipe released with --mixed-precision bf16: the trained weights are bfloat16 (x0 +
+    min-SNR loss, truncated timesteps, clip 0.5, skip above 10); the run finishes, and the saved
+    pipeline (float32, EMA weights) records the released sampling defaults."""
+    out = tmp_path / "released"
+    run([*FAST, "--recipe", "released", "--mixed-precision", "bf16", "--steps", "2", "--checkpoint-every", "2",
+         "--output-dir", str(out)])
+    state = torch.load(out / "checkpoints" / "step_0000002.pt", map_location="cpu")
+    assert {t.dtype for t in state["model"].values()} == {torch.bfloat16}
+    assert {t.dtype for t in state["ema"]["shadow"].values()} == {torch.float32}
+    assert all(math.isfinite(v) for v in losses(out))
+    defaults = json.loads((out / "pipeline" / "sampling_defaults.json").read_text())
+    assert defaults["recipe"] == "released" and "low quality" in defaults["negative_prompt"]
+    assert defaults["steps"] == 30 and defaults["shift"] == 4.0

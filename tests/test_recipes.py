@@ -57,6 +57,8 @@ def test_explicit_flags_override_the_recipe():
                                           "--recon-target", "base_reconstruction"])
     assert (args.align_weight, args.gan, args.recon_target) == (0.7, False, "base_reconstruction")
     assert args.lr_schedule == "constant"  # the rest from the paper recipe
+    assert args.init_up_block == "base_decoder"  # our choice under both recipes
+    assert train_vae_parser().parse_args(["--recipe", "released", "--init-up-block", "random"]).init_up_block == "random"
     args = finetune_parser().parse_args(["--recipe", "released", "--loss-mode", "velocity", "--grad-clip", "2"])
     assert (args.loss_mode, args.grad_clip, args.skip_grad_norm) == ("velocity", 2.0, 10.0)
 

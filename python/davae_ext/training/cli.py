@@ -152,6 +152,9 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
       help="freeze the detail encoder's pretrained trunk (default: frozen, as the released SD3 recipe)")
     a("--init-from-base", action=argparse.BooleanOptionalAction, default=True,
       help="start the detail trunk and decoder from the pretrained weights (default: on)")
+    a("--init-up-block", choices=["base_decoder", "random"], default="base_decoder",
+      help="the decoder's new up block: starting as the base decoder's conv_in on the base channels (our "
+           "choice), or the default random initialisation (the released code) (default: base_decoder)")
     a("--detail-dropout", type=DECAY, default=0.0,
       help="per-sample dropout of the detail latent at the decoder input (default: 0)")
     a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
