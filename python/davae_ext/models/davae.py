@@ -11,7 +11,9 @@ detail VAE whose latent lies on the same token grid at ``scale`` times the image
 ``encode`` returns a :class:`DAVAEPosterior` over the C + D latent ("raw" space: base channels
 base-normalised, detail channels as the encoder emits them); ``decode`` maps that raw latent to
 the image. The diffusion model sees ``normalize_latents(raw)``: the detail slice standardised per
-channel with statistics from :meth:`DAVAE.calibrate_latent_stats`, stored in the config.
+channel with statistics from :meth:`DAVAE.calibrate_latent_stats`, stored in the config
+(``latent_norm="detail"``, the SD3 recipe), or every channel (``latent_norm="all"``, the ImageNet
+recipe: the base slice standardised too, with its own calibrated statistics).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from diffusers.utils import BaseOutput
 from .. import ops
 from .._validate import ORDERS
 from ..channels import split_channels
+
+LATENT_NORMS = ("detail", "all")
 
 def load_base_vae(path: str) -> AutoencoderKL:
     """A diffusers ``AutoencoderKL`` from a VAE folder, or from a pipeline folder's ``vae``
@@ -182,6 +186,9 @@ class DAVAE(ModelMixin, ConfigMixin):
         detail_mean: Optional[Sequence[float]] = None,
         detail_std: Optional[Sequence[float]] = None,
         training_recipe: Optional[str] = None,
+        latent_norm: str = "detail",
+        base_mean: Optional[Sequence[float]] = None,
+        base_std: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if order not in ORDERS:
@@ -190,6 +197,8 @@ class DAVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"DAVAE: 'scale' must be an integer >= 2, got {scale!r}")
         if not 0.0 <= detail_dropout < 1.0:
             raise ValueError(f"DAVAE: 'detail_dropout' must be in [0, 1), got {detail_dropout}")
+        if latent_norm not in LATENT_NORMS:
+            raise ValueError(f"DAVAE: 'latent_norm' must be one of {LATENT_NORMS}, got {latent_norm!r}")
         cfg = {k: v for k, v in dict(base_vae_config).items() if not k.startswith("_")}
         self.base_vae = AutoencoderKL(**cfg)
         C = self.base_vae.config.latent_channels
@@ -199,9 +208,10 @@ class DAVAE(ModelMixin, ConfigMixin):
                              f"channels C={C} (the projection averages groups of D/C channels), got {D}")
         if detail_channels is None:
             self.register_to_config(detail_channels=D)
-        for name, stats in (("detail_mean", detail_mean), ("detail_std", detail_std)):
-            if stats is not None and len(stats) != D:
-                raise ValueError(f"DAVAE: '{name}' must have {D} entries (one per detail channel), got {len(stats)}")
+        for name, stats, n in (("detail_mean", detail_mean, D), ("detail_std", detail_std, D),
+                               ("base_mean", base_mean, C), ("base_std", base_std, C)):
+            if stats is not None and len(stats) != n:
+                raise ValueError(f"DAVAE: '{name}' must have {n} entries (one per channel), got {len(stats)}")
         self.base_channels, self.detail_channels = C, D
 
         width = self.base_vae.config.block_out_channels[-1]
@@ -218,13 +228,19 @@ class DAVAE(ModelMixin, ConfigMixin):
         std = torch.tensor(detail_std if detail_std is not None else [1.0] * D, dtype=torch.float32)
         self.register_buffer("detail_latent_mean", mean.view(1, D, 1, 1), persistent=False)
         self.register_buffer("detail_latent_std", std.view(1, D, 1, 1), persistent=False)
+        # The base slice's statistics: used with latent_norm="all" (identity until calibrated).
+        mean = torch.tensor(base_mean if base_mean is not None else [0.0] * C, dtype=torch.float32)
+        std = torch.tensor(base_std if base_std is not None else [1.0] * C, dtype=torch.float32)
+        self.register_buffer("base_latent_mean", mean.view(1, C, 1, 1), persistent=False)
+        self.register_buffer("base_latent_std", std.view(1, C, 1, 1), persistent=False)
         self._apply_freezing()
 
     # ------------------------------------------------------------------ construction / freezing
     @classmethod
     def from_base_vae(cls, vae: AutoencoderKL, detail_channels: Optional[int] = None, scale: int = 2,
                       order: str = "base_first", freeze_detail_trunk: bool = True, init_from_base: bool = True,
-                      detail_dropout: float = 0.0, init_up_block: str = "base_decoder") -> "DAVAE":
+                      detail_dropout: float = 0.0, init_up_block: str = "base_decoder",
+                      latent_norm: str = "detail") -> "DAVAE":
         """A DA-VAE on ``vae`` (copied; the original is not modified). With ``init_from_base`` the
         detail encoder trunk and the decoder start from the pretrained weights; otherwise they are
         freshly initialised (the base encoder is always the pretrained one).
@@ -234,13 +250,15 @@ class DAVAE(ModelMixin, ConfigMixin):
         output repeated over the ``scale x scale`` sub-positions (and the detail channels ignored),
         so at step 0 the DA-VAE decodes the base latent as the base decoder would, from a
         nearest-upsampled first feature map; ``"random"`` is PyTorch's default initialisation (also
-        what ``init_from_base=False`` gives)."""
+        what ``init_from_base=False`` gives). ``latent_norm``: which channels
+        :meth:`normalize_latents` standardises ("detail", the SD3 recipe, or "all", the ImageNet
+        recipe)."""
         if init_up_block not in ("base_decoder", "random"):
             raise ValueError(f"DAVAE.from_base_vae: 'init_up_block' must be 'base_decoder' or 'random', got {init_up_block!r}")
         if not isinstance(vae, AutoencoderKL):
             raise TypeError(f"DAVAE.from_base_vae: 'vae' must be a diffusers AutoencoderKL, got {type(vae).__name__}")
         model = cls(dict(vae.config), detail_channels=detail_channels, scale=scale, order=order,
-                    freeze_detail_trunk=freeze_detail_trunk, detail_dropout=detail_dropout)
+                    freeze_detail_trunk=freeze_detail_trunk, detail_dropout=detail_dropout, latent_norm=latent_norm)
         model.base_vae.load_state_dict(vae.state_dict())
         if init_from_base:
             enc = {k: v for k, v in vae.encoder.state_dict().items() if not k.startswith("conv_out.")}
@@ -311,10 +329,13 @@ class DAVAE(ModelMixin, ConfigMixin):
 
     def normalize_latents(self, latent: torch.Tensor) -> torch.Tensor:
         """Raw C + D latent -> the diffusion model's latent: the detail slice standardised per
-        channel (the base slice is already normalised by the base VAE's shift and scale)."""
+        channel (the base slice is already normalised by the base VAE's shift and scale), and with
+        ``latent_norm="all"`` the base slice too."""
         self._check_latent(latent)
         base, detail = self.split_latents(latent)
         detail = (detail - self.detail_latent_mean.to(detail)) / self.detail_latent_std.to(detail)
+        if self.config.latent_norm == "all":
+            base = (base - self.base_latent_mean.to(base)) / self.base_latent_std.to(base)
         return ops.latent_concat(base, detail, order=self.config.order)
 
     def denormalize_latents(self, latent: torch.Tensor) -> torch.Tensor:
@@ -322,7 +343,27 @@ class DAVAE(ModelMixin, ConfigMixin):
         self._check_latent(latent)
         base, detail = self.split_latents(latent)
         detail = detail * self.detail_latent_std.to(detail) + self.detail_latent_mean.to(detail)
+        if self.config.latent_norm == "all":
+            base = base * self.base_latent_std.to(base) + self.base_latent_mean.to(base)
         return ops.latent_concat(base, detail, order=self.config.order)
+
+    @torch.no_grad()
+    def diffusion_latents(self, image: torch.Tensor, detail: str = "mode", detail_noise: float = 0.0,
+                          generator: Optional[torch.Generator] = None, normalize: bool = True) -> torch.Tensor:
+        """The normalised latent a diffusion model trains on (raw with ``normalize=False``): the
+        base posterior mean and the detail posterior ``detail`` ("mode", the SD3 recipe, or
+        "sample", the ImageNet recipe), plus ``detail_noise`` times N(0, 1) noise on the raw detail
+        latent (the ImageNet inference wrapper adds it at 1.0; off by default)."""
+        if detail not in ("mode", "sample"):
+            raise ValueError(f"DAVAE.diffusion_latents: 'detail' must be 'mode' or 'sample', got {detail!r}")
+        posterior = self.encode(image).latent_dist
+        z_detail = posterior.detail.sample(generator) if detail == "sample" else posterior.detail.mean
+        if detail_noise > 0:
+            gen_device = generator.device if generator is not None else z_detail.device
+            noise = torch.randn(z_detail.shape, generator=generator, device=gen_device, dtype=z_detail.dtype)
+            z_detail = z_detail + detail_noise * noise.to(z_detail.device)
+        raw = ops.latent_concat(posterior.base, z_detail, order=self.config.order)
+        return self.normalize_latents(raw) if normalize else raw
 
     # ------------------------------------------------------------------ encode / decode
     def _check_image(self, image: torch.Tensor) -> None:
@@ -404,9 +445,11 @@ class DAVAE(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def calibrate_latent_stats(self, batches: Iterable, max_batches: Optional[int] = None) -> tuple[list, list]:
         """Per-channel mean and std of the detail posterior mode over ``batches`` (images, or
-        dicts with ``pixel_values``); stored in the buffers and the config (so they are saved)."""
-        D = self.detail_channels
-        count, total, total_sq = 0, torch.zeros(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
+        dicts with ``pixel_values``), and with ``latent_norm="all"`` of the base latent too;
+        stored in the buffers and the config (so they are saved). Returns the detail statistics."""
+        C, D = self.base_channels, self.detail_channels
+        every = self.config.latent_norm == "all"
+        count, total, total_sq = 0, torch.zeros(C + D, dtype=torch.float64), torch.zeros(C + D, dtype=torch.float64)
         was_training = self.training
         self.eval()
         for i, batch in enumerate(batches):
@@ -415,25 +458,36 @@ class DAVAE(ModelMixin, ConfigMixin):
             x = batch["pixel_values"] if isinstance(batch, dict) else batch
             x = x.to(device=self.device, dtype=self.dtype)
             self._check_image(x)
-            z = self.encode_detail(x).mean.double().cpu()
+            z = self.encode_detail(x).mean
+            z = torch.cat([self.encode_base(x), z], 1) if every else torch.cat([z.new_zeros(z.shape[0], C, *z.shape[2:]), z], 1)
+            z = z.double().cpu()
             total += z.sum(dim=(0, 2, 3))
             total_sq += (z * z).sum(dim=(0, 2, 3))
-            count += z.numel() // D
+            count += z[:, 0].numel()
         self.train(was_training)
         if count == 0:
             raise ValueError("DAVAE.calibrate_latent_stats: 'batches' yielded no images")
         mean = total / count
         std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
-        self.set_latent_stats(mean.tolist(), std.tolist())
-        return mean.tolist(), std.tolist()
+        base = dict(base_mean=mean[:C].tolist(), base_std=std[:C].tolist()) if every else {}
+        self.set_latent_stats(mean[C:].tolist(), std[C:].tolist(), **base)
+        return mean[C:].tolist(), std[C:].tolist()
 
-    def set_latent_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        D = self.detail_channels
-        if len(mean) != D or len(std) != D:
-            raise ValueError(f"DAVAE.set_latent_stats: need {D} means and stds, got {len(mean)} and {len(std)}")
-        self.detail_latent_mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, D, 1, 1))
-        self.detail_latent_std.copy_(torch.tensor(std, dtype=torch.float32).view(1, D, 1, 1))
-        self.register_to_config(detail_mean=[float(v) for v in mean], detail_std=[float(v) for v in std])
+    def set_latent_stats(self, mean: Sequence[float], std: Sequence[float], base_mean: Optional[Sequence[float]] = None,
+                         base_std: Optional[Sequence[float]] = None) -> None:
+        """The detail slice's per-channel statistics (and, given, the base slice's, which
+        ``latent_norm="all"`` uses)."""
+        for name, n, values in (("detail", self.detail_channels, (mean, std)), ("base", self.base_channels, (base_mean, base_std))):
+            if values[0] is None and values[1] is None and name == "base":
+                continue
+            if values[0] is None or values[1] is None or len(values[0]) != n or len(values[1]) != n:
+                raise ValueError(f"DAVAE.set_latent_stats: need {n} {name} means and stds, got "
+                                 f"{None if values[0] is None else len(values[0])} and "
+                                 f"{None if values[1] is None else len(values[1])}")
+            getattr(self, f"{name}_latent_mean").copy_(torch.tensor(values[0], dtype=torch.float32).view(1, n, 1, 1))
+            getattr(self, f"{name}_latent_std").copy_(torch.tensor(values[1], dtype=torch.float32).view(1, n, 1, 1))
+            self.register_to_config(**{f"{name}_mean": [float(v) for v in values[0]],
+                                       f"{name}_std": [float(v) for v in values[1]]})
 
     # ------------------------------------------------------------------ parameter groups
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -12,6 +12,7 @@ from diffusers.configuration_utils import register_to_config
 from .. import _validate
 from ..nn import DetailPatchEmbed, DetailProjOut
 from ..nn._init import check_channels, check_init
+from ._widen import carry_over, check_complete
 
 __all__ = ["DAVAESD3Transformer2DModel", "expand_transformer"]
 # ModelMixin is imported here because diffusers' pipeline loader looks up its base classes in the
@@ -76,7 +77,8 @@ class DAVAESD3Transformer2DModel(SD3Transformer2DModel):
             detail_channels=detail_channels, embed_dim=self.inner_dim, pos_embed_max_size=pos_embed_max_size,
             order=channel_order, fused=fused,
         )
-        self.proj_out = DetailProjOut(self.inner_dim, base_out, detail_channels, patch_size, order=channel_order)
+        self.proj_out = DetailProjOut(self.inner_dim, base_out, detail_channels, patch_size, order=channel_order,
+                                      fused=fused)
 
     @property
     def base_channels(self) -> int:
@@ -115,19 +117,10 @@ def expand_transformer(
     with torch.device("meta"):
         new = DAVAESD3Transformer2DModel(**cfg, detail_channels=detail_channels, channel_order=order, fused=fused)
 
-    widened = ("pos_embed.", "proj_out.")
-    state = {k: (v if share_weights else v.clone()) for k, v in transformer.state_dict().items()
-             if not k.startswith(widened)}
-    missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
-    stray = unexpected + [k for k in missing if not k.startswith(widened)]
-    if stray:
-        raise RuntimeError(f"expand_transformer: the pretrained state dict does not match the widened model's "
-                           f"layout outside pos_embed and proj_out: {stray[:5]}")
+    carry_over(new, transformer, ("pos_embed.", "proj_out."), share_weights, "expand_transformer")
     new.pos_embed = DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused)
     new.proj_out = DetailProjOut.from_linear(transformer.proj_out, base_out, detail_channels,
-                                             cfg["patch_size"], init, order)
-    leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
-    if leftover:
-        raise RuntimeError(f"expand_transformer: tensors not carried over from the pretrained model: {leftover}")
+                                             cfg["patch_size"], init, order, fused=fused)
+    check_complete(new, "expand_transformer")
     new.gradient_checkpointing = transformer.gradient_checkpointing
     return new.train(transformer.training)

@@ -17,9 +17,10 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from .recipes import DEFAULT_RECIPE, RECIPE_NAMES, RECIPES, describe, recipe_defaults
+from .recipes import DEFAULT_RECIPES, RECIPES, describe, recipe_defaults, recipes_for
 
 DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
+DEFAULT_DIT_PIPELINE = "outputs/finetune_dit/pipeline"
 DEFAULT_TRAIN_CROP = 128
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -82,22 +83,28 @@ class RecipeParser(argparse.ArgumentParser):
     recipe): it looks for ``--recipe`` first, sets that recipe's defaults, then parses everything,
     so an explicit flag always wins over the recipe."""
 
+    HELP = {
+        "paper": "'paper' (the paper's equations and Table S1; the default for SD3, because on the embedded model it "
+                 "trains the better DA-VAE at equal steps: 21.5 vs 20.4 dB held-out after 300 steps)",
+        "released": "'released' (the authors' released SD3 code, to reproduce their checkpoints)",
+        "imagenet": "'imagenet' (the released ImageNet / LightningDiT code, for class-conditional DiTs)",
+    }
+
     def __init__(self, script: str, description: Optional[str]):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
         self.script = script
-        self.add_argument("--recipe", choices=RECIPE_NAMES, default=DEFAULT_RECIPE,
-                          help="the defaults of every setting docs/recipes.md tables: 'paper' (the paper's "
-                               "equations and Table S1; the default, because on the embedded model it trains the "
-                               "better DA-VAE at equal steps: 21.5 vs 20.4 dB held-out after 300 steps) or "
-                               "'released' (the authors' released code, to reproduce their checkpoints); explicit "
-                               "flags override it "
-                               f"(default: {DEFAULT_RECIPE})")
+        names = recipes_for(script)
+        self.default_recipe = DEFAULT_RECIPES[script]
+        self.add_argument("--recipe", choices=names, default=self.default_recipe,
+                          help="the defaults of every setting docs/recipes.md tables: "
+                               + ", ".join(self.HELP[n] for n in names)
+                               + f"; explicit flags override it (default: {self.default_recipe})")
 
     def parse_known_args(self, args=None, namespace=None):
         probe = argparse.ArgumentParser(add_help=False)
-        probe.add_argument("--recipe", default=DEFAULT_RECIPE)
+        probe.add_argument("--recipe", default=self.default_recipe)
         name = probe.parse_known_args(args)[0].recipe
-        if name in RECIPES:  # an unknown name is reported by the full parse
+        if name in recipes_for(self.script):  # an unknown name is reported by the full parse
             self.set_defaults(**recipe_defaults(self.script, name))
         return super().parse_known_args(args, namespace)
 
@@ -111,7 +118,7 @@ def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, b
     (a recipe may set the gradient clip and skip threshold)."""
     a = p.add_argument
     script = getattr(p, "script", None)
-    by_recipe = script is not None and "grad_clip" in RECIPES[DEFAULT_RECIPE][script]
+    by_recipe = script is not None and "grad_clip" in RECIPES[DEFAULT_RECIPES[script]][script]
     a("--output-dir", default=output_dir, help=f"where everything is written (default: {output_dir})")
     a("--steps", type=POSITIVE, default=steps, help=f"optimizer steps (default: {steps})")
     a("--batch-size", type=POSITIVE, default=batch_size,
@@ -155,8 +162,13 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
     a("--init-up-block", choices=["base_decoder", "random"], default="base_decoder",
       help="the decoder's new up block: starting as the base decoder's conv_in on the base channels (our "
            "choice), or the default random initialisation (the released code) (default: base_decoder)")
-    a("--detail-dropout", type=DECAY, default=0.0,
-      help="per-sample dropout of the detail latent at the decoder input (default: 0)")
+    a("--detail-dropout", type=DECAY,
+      help="per-sample dropout of the detail latent at the decoder input, kept samples scaled by 1 / (1 - p) "
+           + _by_recipe("train_vae", "detail_dropout"))
+    a("--latent-norm", choices=["detail", "all"],
+      help="which latent channels the diffusion model sees standardised with calibrated per-channel statistics: "
+           "the detail channels (SD3: the base ones are the base VAE's shift / scale) or all "
+           + _by_recipe("train_vae", "latent_norm"))
     a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     a("--lr-warmup", type=NON_NEGATIVE, default=0, help="linear warm-up steps (default: 0)")
     a("--lr-schedule", choices=["constant", "cosine"], help="after the warm-up: constant, or cosine decay to 0 at "
@@ -173,13 +185,14 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
     a("--weight-decay", type=WEIGHT, default=1e-4, help="AdamW weight decay, not on biases and norms (default: 1e-4)")
     a("--l1-weight", type=WEIGHT, help="L1 weight " + _by_recipe("train_vae", "l1_weight"))
     a("--kl-weight", type=WEIGHT, help="KL weight " + _by_recipe("train_vae", "kl_weight"))
-    a("--kl-form", choices=["sum", "mean"], default="sum",
-      help="KL normalisation: 'sum' = 0.5*sum over C,H,W, batch mean (SD3 recipe); 'mean' = element mean, "
-           "no 1/2 (ImageNet) (default: sum)")
+    a("--kl-form", choices=["sum", "mean"],
+      help="KL normalisation: 'sum' = 0.5*sum over C,H,W, batch mean (SD3); 'mean' = element mean, no 1/2 "
+           "(ImageNet) " + _by_recipe("train_vae", "kl_form"))
     a("--align-weight", type=WEIGHT,
       help="alignment loss weight; 0 = the ablation without it " + _by_recipe("train_vae", "align_weight"))
-    a("--align-mode", choices=["constant", "adaptive"], default="constant",
-      help="constant weight (SD3 recipe) or weight x gradient-norm ratio (ImageNet recipe) (default: constant)")
+    a("--align-mode", choices=["constant", "adaptive"],
+      help="constant weight (SD3) or weight x the gradient-norm ratio at the encoder's last layer (ImageNet) "
+           + _by_recipe("train_vae", "align_mode"))
     a("--lpips-weights", default=None,
       help="local LPIPS-VGG16 weights (file or folder); enables the perceptual loss (default: off)")
     a("--lpips-weight", type=WEIGHT, help="perceptual loss weight when enabled " + _by_recipe("train_vae", "lpips_weight"))
@@ -241,8 +254,106 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
     a("--guidance", type=WEIGHT, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
     a("--negative-prompt", default=None,
       help="negative prompt of the final sample grid, also stored as the pipeline's default (default: by --recipe: "
-           + "; ".join(f"{n}: {RECIPES[n]['sampling']['negative_prompt']!r}" for n in RECIPE_NAMES) + ")")
+           + "; ".join(f"{n}: {RECIPES[n]['sampling']['negative_prompt']!r}" for n in recipes_for("sampling")) + ")")
     a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
+    return p
+
+
+def finetune_dit_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = RecipeParser("finetune_dit", description)
+    add_run_arguments(p, "outputs/finetune_dit", steps=300, batch_size=16)
+    a = p.add_argument
+    a("--model", default=None,
+      help="pretrained class-conditional pipeline folder: 'transformer' (a diffusers DiTTransformer2DModel) and 'vae' "
+           "(AutoencoderKL) subfolders, optional latent_stats.json / classes.json (default: the embedded tiny DiT, "
+           "built on first use)")
+    a("--davae", default=None, help="DA-VAE folder from train/train_vae.py on --model's VAE (default: one trained on first "
+                                    "use by train_vae.py --recipe imagenet with D = 3 C, 300 steps, and cached)")
+    a("--data", default=None, help="class-labelled image folder, one subfolder per class as torchvision's ImageFolder "
+                                   "(default: crops of six shipped photos, one class each)")
+    a("--resolution", type=POSITIVE, default=None,
+      help="training image size (default: the transformer's sample size x the DA-VAE factor)")
+    a("--crops-per-image", type=POSITIVE, default=4, help="random crops / flips cached per image (default: 4)")
+    a("--init", choices=["zero", "random", "repeat_average"], default="zero",
+      help="the widened embedder's and head's new weights: zero (the paper's warm start), random (the paper's "
+           "'w/o zero-init' ablation) or repeat_average (default: zero)")
+    a("--lr", type=RATE, help="AdamW learning rate " + _by_recipe("finetune_dit", "lr"))
+    a("--adam-beta2", type=DECAY, help="AdamW beta2 " + _by_recipe("finetune_dit", "adam_beta2"))
+    a("--shift", type=RATE, help="timestep shift of the logit-normal training noise levels, 1 = none "
+                                 + _by_recipe("finetune_dit", "shift"))
+    a("--label-dropout", type=PROBABILITY, help="probability of the null class (for CFG) "
+                                                + _by_recipe("finetune_dit", "label_dropout"))
+    a("--cosine-weight", type=WEIGHT, help="weight of the cosine velocity term mean(1 - cos(v_hat, v)); 0 = off "
+                                           + _by_recipe("finetune_dit", "cosine_weight"))
+    a("--n-warm", type=NON_NEGATIVE, default=None,
+      help="N_warm of Eq. 12 in steps; 0 = no loss schedule (detail weight 1 from step 0) "
+           "(default: min(20000, steps / 2); the ImageNet code: 20000)")
+    a("--detail-latent", choices=["mode", "sample"],
+      help="the DA-VAE detail latent the DiT trains on (the base is always the posterior mean) "
+           + _by_recipe("finetune_dit", "detail_latent"))
+    a("--detail-noise", type=WEIGHT, default=0.0,
+      help="std of N(0, 1) noise added to the raw detail latent when caching (the ImageNet inference wrapper: 1.0) "
+           "(default: 0)")
+    a("--ema-decay", type=DECAY, default=0.99,
+      help="EMA decay of the weights, used for sampling (default: 0.99 for runs of hundreds of steps; the ImageNet "
+           "code: 0.999 over 140k steps)")
+    a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+      help="autocast precision, also of the default DA-VAE's training (default: no)")
+    a("--fused", action="store_true",
+      help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
+    a("--sample-steps", type=POSITIVE, default=50, help="Euler steps of the final sample grid (default: 50; the "
+                                                       "ImageNet code: 250)")
+    a("--guidance", type=WEIGHT, default=4.0, help="CFG scale of the final sample grid (default: 4.0)")
+    a("--samples-per-class", type=POSITIVE, default=4, help="images per class in samples.png (default: 4)")
+    a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
+    return p
+
+
+def sample_dit_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    a = p.add_argument
+    a("--pipeline", default=DEFAULT_DIT_PIPELINE,
+      help=f"DAVAEDiTPipeline folder (default: {DEFAULT_DIT_PIPELINE}, built by the default fine-tuning run if missing)")
+    a("--classes", default=None, help="comma-separated class indices or names (default: every class)")
+    a("--per-class", type=POSITIVE, default=4, help="images per class (default: 4)")
+    a("--seed", type=NON_NEGATIVE, default=0, help="image k of a class uses seed + k (default: 0)")
+    a("--steps", type=POSITIVE, default=None, help="Euler steps (default: the pipeline's, else 50)")
+    a("--guidance", type=WEIGHT, default=None, help="CFG scale (default: the pipeline's, else 4.0)")
+    a("--cfg-start", type=PROBABILITY, default=None, help="CFG from this t (0 = noise) on (default: the pipeline's, else 0.2)")
+    a("--time-warp", type=RATE, default=None, help="time warp s of the step grid, 1 = uniform (default: the pipeline's, else 0.3)")
+    a("--resolution", type=POSITIVE, default=None, help="output size (default: the pipeline's own)")
+    a("--batch-size", type=POSITIVE, default=8, help="images per pipeline call (default: 8)")
+    a("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused patch embedding and head (default: on)")
+    a("--compare-native", action="store_true",
+      help="also sample with the pretrained native pipeline at the same output resolution (default: off)")
+    a("--base-model", default=None, help="the native pipeline for --compare-native (default: the one the fine-tuning used)")
+    a("--device", default=_device_default(), help="device (default: cuda if available)")
+    a("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+      help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    a("--output-dir", default="outputs/sample_dit", help="where images and samples.json go (default: outputs/sample_dit)")
+    a("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    return p
+
+
+def eval_dit_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = _parser(description)
+    a = p.add_argument
+    a("--pipeline", default=DEFAULT_DIT_PIPELINE, help=f"DAVAEDiTPipeline folder (default: {DEFAULT_DIT_PIPELINE})")
+    a("--data", default=None, help="class-labelled real images (default: the shipped photo classes)")
+    a("--inception", default=None,
+      help="local TorchScript Inception-v3 feature extractor for FID (e.g. the StyleGAN2-ADA / EDM "
+           "'inception-2015-12-05.pt'; uint8 [N, 3, H, W] images in, [N, 2048] features out); nothing is downloaded "
+           "(default: none; required unless --no-fid)")
+    a("--no-fid", action="store_true", help="only the reconstruction statistics (default: FID too)")
+    a("--per-class", type=POSITIVE, default=16, help="generated images per class for FID (default: 16)")
+    a("--steps", type=POSITIVE, default=None, help="Euler steps (default: the pipeline's)")
+    a("--guidance", type=WEIGHT, default=None, help="CFG scale (default: the pipeline's)")
+    a("--resolution", type=POSITIVE, default=None, help="image size (default: the pipeline's own)")
+    a("--batch-size", type=POSITIVE, default=16, help="images per forward pass (default: 16)")
+    a("--seed", type=NON_NEGATIVE, default=0, help="seed of the generated images (default: 0)")
+    a("--device", default=_device_default(), help="device (default: cuda if available)")
+    a("--output-dir", default="outputs/eval_dit", help="where eval.json and the statistics go (default: outputs/eval_dit)")
+    a("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return p
 
 
@@ -429,6 +540,52 @@ class _Checks:
         transformer = self._json(flag, value, root / "transformer" / "config.json")
         return transformer, self.davae(flag, str(root / "vae"))
 
+    def class_folder(self, flag: str, value: Optional[str]) -> None:
+        """A folder with one subfolder of images per class, at least one of them readable."""
+        if value is None:
+            return
+        folder = Path(value)
+        if not folder.is_dir():
+            self.fail(flag, value, "expected a class-labelled image folder; it does not exist")
+        classes = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if not classes:
+            self.fail(flag, value, "expected a class-labelled image folder: one subfolder of images per class "
+                                   "(root/<class>/<image>, as torchvision's ImageFolder); it has no subfolders")
+        for sub in sorted(classes):
+            if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in sub.iterdir()):
+                return
+        self.fail(flag, value, f"expected images in its class subfolders; none of its {len(classes)} subfolders holds any")
+
+    def dit_model(self, flag: str, value: str) -> tuple[dict, dict]:
+        """A class-conditional pipeline folder: its DiT transformer's and VAE's configs."""
+        root = Path(value)
+        tcfg = root / "transformer" / "config.json"
+        transformer = self._json(flag, value, tcfg) if tcfg.is_file() else {}
+        if transformer.get("_class_name") != "DiTTransformer2DModel":
+            self.fail(flag, value, "expected a folder with a 'transformer' subfolder holding a diffusers "
+                                   f"DiTTransformer2DModel; found {transformer.get('_class_name', 'none')!r}")
+        self._weights(flag, value, root / "transformer")
+        vae = self.vae(flag, value)
+        C, p = transformer["in_channels"], transformer["patch_size"]
+        out = transformer.get("out_channels") or C
+        if out not in (C, 2 * C):
+            self.fail(flag, value, f"a DiT whose head predicts C = {C} channels (or 2C with a learned sigma); its "
+                                   f"out_channels is {out}")
+        if vae["latent_channels"] != C:
+            self.fail(flag, value, f"a VAE with the transformer's {C} latent channels; it has {vae['latent_channels']}")
+        return transformer, vae
+
+    def dit_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
+        """A DAVAEDiTPipeline folder with a DA-VAE: its transformer's and DA-VAE's configs."""
+        root = Path(value)
+        if not (root / "model_index.json").is_file():
+            self.fail(flag, value, "expected a pipeline folder (with model_index.json) written by train/finetune_dit.py")
+        vae_entry = self._json(flag, value, root / "model_index.json").get("vae", [None, None])
+        if vae_entry[1] != "DAVAE":
+            self.fail(flag, value, f"expected a pipeline with a DA-VAE (written by train/finetune_dit.py); its vae is "
+                                   f"{vae_entry}")
+        return self._json(flag, value, root / "transformer" / "config.json"), self.davae(flag, str(root / "vae"))
+
     def resumable(self, output_dir: str) -> None:
         from .common import CHECKPOINT_RE
 
@@ -544,6 +701,61 @@ def check_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
     c.prompts("--prompts", args.prompts)
     if args.base_model is not None:
         c.sd3_pipeline("--base-model", args.base_model)
+    _device(c, args.device)
+    return args
+
+
+def _tiny_dit_configs() -> tuple[dict, dict]:
+    from .tiny import VAE_CONFIG
+    from .tiny_dit import TRANSFORMER_CONFIG
+
+    return dict(TRANSFORMER_CONFIG, num_embeds_ada_norm=6), dict(VAE_CONFIG)
+
+
+def check_finetune_dit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    transformer, vae = c.dit_model("--model", args.model) if args.model else _tiny_dit_configs()
+    C, p = transformer["in_channels"], transformer["patch_size"]
+    if args.davae:
+        davae = c.davae("--davae", args.davae)
+        if davae["base_vae_config"]["latent_channels"] != C:
+            c.fail("--davae", args.davae, f"a DA-VAE with {C} base channels, the latent channels of the transformer of "
+                                          f"--model; it has {davae['base_vae_config']['latent_channels']}")
+        if davae.get("detail_mean") is None:
+            c.fail("--davae", args.davae, "a DA-VAE with detail latent statistics (train_vae.py calibrates them "
+                                          "at the end; or run DAVAE.calibrate_latent_stats)")
+        factor = davae_factor(davae)
+    else:
+        factor = vae_factor(vae) * 2
+    c.multiple("--resolution", args.resolution, factor * p, f"DA-VAE factor {factor} x patch size {p}")
+    c.class_folder("--data", args.data)
+    c.run_arguments(args)
+    return args
+
+
+def check_sample_dit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    if args.pipeline != DEFAULT_DIT_PIPELINE or (Path(args.pipeline) / "model_index.json").is_file():
+        transformer, davae = c.dit_pipeline("--pipeline", args.pipeline)
+        c.multiple("--resolution", args.resolution, davae_factor(davae) * transformer["patch_size"],
+                   "the DA-VAE's spatial factor x the patch size")
+    if args.base_model is not None:
+        c.dit_model("--base-model", args.base_model)
+    _device(c, args.device)
+    return args
+
+
+def check_eval_dit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    c = _Checks(parser)
+    if not args.no_fid and args.inception is None:
+        c.fail("--inception", None, "FID needs a local Inception-v3 feature extractor (TorchScript, e.g. "
+                                    "inception-2015-12-05.pt); nothing is downloaded. Give --inception PATH, or "
+                                    "--no-fid for the reconstruction statistics alone")
+    c.file("--inception", args.inception)
+    transformer, davae = c.dit_pipeline("--pipeline", args.pipeline)
+    c.multiple("--resolution", args.resolution, davae_factor(davae) * transformer["patch_size"],
+               "the DA-VAE's spatial factor x the patch size")
+    c.class_folder("--data", args.data)
     _device(c, args.device)
     return args
 

@@ -297,6 +297,22 @@ class TrainingRun:
     def elapsed(self) -> float:
         return time.time() - self.started
 
+    def loop(self, trainer, start: int, desc: str) -> bool:
+        """The fine-tuning loop both trainers of a transformer run: ``trainer.step(step)`` from
+        ``start`` to ``--steps``, each row logged with its throughput, a checkpoint of
+        ``trainer.checkpoint_state()`` when due. Returns False when ``--stop-at`` ended it early
+        (accelerate's tracking already ended), True at the last step."""
+        self.begin(start)
+        for step in (bar := self.steps(start, desc)):
+            row = trainer.step(step)
+            row |= {"steps_per_s": (step + 1 - start) / max(self.elapsed(), 1e-9), "seconds": round(self.elapsed(), 3)}
+            self.log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", w=f"{row['detail_weight']:.3f}", it_s=f"{row['steps_per_s']:.2f}")
+            if self.end_step(step + 1, trainer.checkpoint_state):
+                self.accelerator.end_training()
+                return False
+        return True
+
     def end_step(self, done: int, state: Callable[[], dict]) -> bool:
         """After ``done`` steps: a checkpoint of ``state()`` when one is due. Returns True when
         the loop must stop here (``--stop-at``: as if the process were killed after it)."""

@@ -69,27 +69,38 @@ class ImageCaptionFolder(Dataset):
         self.resolution, self.center_crop, self.random_flip, self.return_base = resolution, center_crop, random_flip, return_base
         self.rng = random.Random(seed)
         self._resized: Optional[dict[int, Image.Image]] = {} if cache_in_memory else None
-        captions = _read_captions(self.root)
-        self.items: list[tuple[Path, str]] = []
         self.skipped: list[str] = []
-        for path in sorted(self.root.iterdir()):
+        self.items: list[tuple[Path, str]] = self._discover()
+        if not self.items:
+            raise ValueError(f"{type(self).__name__}: no readable images in {self.root}"
+                             + (f" (skipped {len(self.skipped)} unreadable)" if self.skipped else ""))
+
+    def _readable_images(self, folder: Path) -> list[Path]:
+        """The images in ``folder`` PIL can decode; the others are skipped with a warning each."""
+        found = []
+        for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             try:
                 with Image.open(path) as im:
                     im.convert("RGB").load()
             except Exception as exc:  # corrupt, truncated, unreadable
-                self.skipped.append(path.name)
-                warnings.warn(f"ImageCaptionFolder: skipping unreadable image {path} ({type(exc).__name__}: {exc})")
+                self.skipped.append(str(path.relative_to(self.root)))
+                warnings.warn(f"{type(self).__name__}: skipping unreadable image {path} ({type(exc).__name__}: {exc})")
                 continue
+            found.append(path)
+        return found
+
+    def _discover(self) -> list[tuple[Path, str]]:
+        captions = _read_captions(self.root)
+        items = []
+        for path in self._readable_images(self.root):
             caption = captions.get(path.name)
             if caption is None:
                 txt = path.with_suffix(".txt")
                 caption = txt.read_text().strip() if txt.exists() else ""
-            self.items.append((path, caption))
-        if not self.items:
-            raise ValueError(f"ImageCaptionFolder: no readable images in {self.root}"
-                             + (f" (skipped {len(self.skipped)} unreadable)" if self.skipped else ""))
+            items.append((path, caption))
+        return items
 
     def __len__(self) -> int:
         return len(self.items)
@@ -134,6 +145,29 @@ class ImageCaptionFolder(Dataset):
         return item
 
 
+class ClassImageFolder(ImageCaptionFolder):
+    """A class-labelled image folder laid out as torchvision's ``ImageFolder``: one subfolder per
+    class (``root/<class>/<image>``), classes numbered in sorted name order. Items are
+    :class:`ImageCaptionFolder`'s with ``class_label`` (int) added and the class name as caption;
+    ``classes`` lists the names. Raises ValueError for a folder without class subfolders."""
+
+    def _discover(self) -> list[tuple[Path, str]]:
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            loose = [p.name for p in self.root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+            raise ValueError(f"ClassImageFolder: {self.root} has no class subfolders; expected root/<class>/<image> "
+                             "as torchvision's ImageFolder" + (f" (it holds {len(loose)} images directly)" if loose else ""))
+        self.class_index = {name: i for i, name in enumerate(self.classes)}
+        items = []
+        for name in self.classes:
+            items += [(path, name) for path in self._readable_images(self.root / name)]
+        self.labels = [self.class_index[name] for _, name in items]
+        return items
+
+    def __getitem__(self, index: int) -> dict:
+        return super().__getitem__(index) | {"class_label": self.labels[index]}
+
+
 # The photographs shipped inside scikit-image, scikit-learn and matplotlib, with hand-written
 # captions: the twelve colour ones and seven greyscale ones (detail and texture; stored as RGB).
 PHOTOS = {
@@ -173,6 +207,33 @@ def _photo_source(package: str, name: str) -> Path:
     import sklearn
 
     return Path(sklearn.__file__).parent / "datasets" / "images" / name
+
+
+# The class-labelled default for class-conditional DiTs: crops of six colour photos, one class each.
+PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "china", "retina")
+CLASS_PHOTOS_VERSION = "photo-classes-v1"
+
+
+def class_photos(crops: int = 8, size: int = 128, seed: int = 0) -> Path:
+    """A :class:`ClassImageFolder` (in the user cache) of :data:`PHOTO_CLASSES`: ``crops`` square
+    crops per photo (random scale 0.55-1 of the short side, random position, seeded), resized to
+    ``size`` px."""
+    folder = cache_root() / f"{CLASS_PHOTOS_VERSION}-{crops}x{size}-{seed}"
+    if is_complete(folder):
+        return folder
+    rng = random.Random(seed)
+    with atomic_dir(folder) as tmp:
+        for key in PHOTO_CLASSES:
+            package, name, _ = PHOTOS[key]
+            (tmp / key).mkdir()
+            with Image.open(_photo_source(package, name)) as im:
+                img = im.convert("RGB")
+            w, h = img.size
+            for k in range(crops):
+                s = int(min(w, h) * rng.uniform(0.55, 1.0))
+                left, top = rng.randint(0, w - s), rng.randint(0, h - s)
+                img.crop((left, top, left + s, top + s)).resize((size, size), Image.LANCZOS).save(tmp / key / f"{k:03d}.png")
+    return folder
 
 
 def sample_photos(split: str = "train") -> Path:

@@ -50,15 +50,8 @@ def finetune(args: argparse.Namespace) -> dict:
                    "trainable_parameters": sum(p.numel() for _, p in tuner.trainable(tuner.transformer)),
                    "cache_reused": reused, "step0": tuner.step0}
         tuner.prepare()
-        run.begin(start)
-        for step in (bar := run.steps(start, "fine-tune")):
-            row = tuner.step(step)
-            row |= {"steps_per_s": (step + 1 - start) / max(run.elapsed(), 1e-9), "seconds": round(run.elapsed(), 3)}
-            run.log.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", w=f"{row['detail_weight']:.3f}", it_s=f"{row['steps_per_s']:.2f}")
-            if run.end_step(step + 1, tuner.checkpoint_state):
-                run.accelerator.end_training()
-                return summary
+        if not run.loop(tuner, start, "fine-tune"):
+            return summary
         summary |= run.finish(tuner.core)
         if run.is_main:
             tuner.plot_losses()
@@ -90,12 +83,12 @@ def summary_lines(summary: dict, out: Path) -> str:
 # Inputs
 # ----------------------------------------------------------------------------------------------
 def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str = "no",
-                  recipe: str = DEFAULT_RECIPE) -> str:
+                  recipe: str = DEFAULT_RECIPE, detail_channels: Optional[int] = None) -> str:
     """A DA-VAE on ``model``'s VAE, trained on first use with train_vae.py's defaults under
-    ``recipe`` and cached under a key of the model folder and its VAE's files (another model never
-    reuses it) and the recipe. It trains in this process, whose accelerate state is already set:
-    with the same ``mixed_precision`` (accelerate refuses a second, different one), which is part
-    of the key."""
+    ``recipe`` (with ``detail_channels`` D when given, else D = C) and cached under a key of the
+    model folder and its VAE's files (another model never reuses it), the recipe and D. It trains
+    in this process, whose accelerate state is already set: with the same ``mixed_precision``
+    (accelerate refuses a second, different one), which is part of the key."""
     from .cli import train_vae_parser
     from .vae import train_davae
 
@@ -103,11 +96,15 @@ def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str 
     for f in sorted((Path(model) / "vae").glob("*")):
         h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     precision = "" if mixed_precision == "no" else f"-{mixed_precision}"
-    folder = cache_root() / f"{DEFAULT_DAVAE_VERSION}-{recipe}{'-quick' if quick else ''}{precision}-{h.hexdigest()[:12]}"
+    width = f"-d{detail_channels}" if detail_channels else ""
+    folder = cache_root() / (f"{DEFAULT_DAVAE_VERSION}-{recipe}{width}{'-quick' if quick else ''}{precision}-"
+                             f"{h.hexdigest()[:12]}")
     if is_complete(folder):
         return str(folder / "davae")
     steps = ["--steps", "4", "--resolution", "32", "--batch-size", "2", "--eval-images", "2"] if quick else \
             ["--steps", "300"]  # train_vae.py's defaults otherwise
+    if detail_channels:
+        steps += ["--detail-channels", str(detail_channels)]
     with atomic_dir(folder) as tmp:
         train_davae(train_vae_parser().parse_args(
             ["--base-vae", model, "--output-dir", str(tmp), *steps, "--recipe", recipe, "--fused",
@@ -156,7 +153,7 @@ def training_images(args, run: TrainingRun, resolution: int) -> str:
     return folder
 
 
-def cache_key(model: str, davae: str, data: str, resolution: int, crops: int, seed: int) -> str:
+def cache_key(model: str, davae: str, data: str, resolution: int, crops: int, seed: int, extra: str = "") -> str:
     h = hashlib.sha256()
     for folder in (model, davae):
         for cfg in sorted(Path(folder).rglob("*.json")):
@@ -164,10 +161,10 @@ def cache_key(model: str, davae: str, data: str, resolution: int, crops: int, se
         for w in sorted(Path(folder).rglob("*.safetensors")):
             st = w.stat()
             h.update(f"{w.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for f in sorted(Path(data).iterdir()):
+    for f in sorted(Path(data).rglob("*")):
         st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(f"{resolution}:{crops}:{seed}:v1".encode())
+        h.update(f"{f.relative_to(data)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(f"{resolution}:{crops}:{seed}:{extra}:v1".encode())
     return h.hexdigest()[:24]
 
 

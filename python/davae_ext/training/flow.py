@@ -16,6 +16,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from ..channels import join_channels
@@ -74,3 +75,12 @@ def flow_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigmas:
         base_mse = v_err[:, base_mask].mean()
         detail_mse = v_err[:, ~base_mask].mean()
     return {"loss": per_sample.mean(), "base_mse": base_mse, "detail_mse": detail_mse}
+
+
+def cosine_velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LightningDiT's cosine term the ImageNet recipe adds, unmasked: ``mean(1 - cos(v_hat, v))``
+    with the cosine taken over the channels at each position and sample."""
+    if pred.shape != target.shape:
+        raise ValueError(f"cosine_velocity_loss: 'pred' {list(pred.shape)} and 'target' {list(target.shape)} "
+                         "must have the same shape")
+    return (1.0 - F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-8)).mean()

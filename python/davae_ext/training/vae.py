@@ -212,7 +212,8 @@ def _setup(args, run: TrainingRun) -> _Setup:
     torch.manual_seed(args.seed)  # the new blocks' init, whether or not the tiny model was just built here
     model = DAVAE.from_base_vae(load_base_vae(base_path), detail_channels=args.detail_channels, order=args.order,
                                 freeze_detail_trunk=args.freeze_detail_trunk, init_from_base=args.init_from_base,
-                                detail_dropout=args.detail_dropout, init_up_block=args.init_up_block)
+                                detail_dropout=args.detail_dropout, init_up_block=args.init_up_block,
+                                latent_norm=args.latent_norm)
     return _Setup(args, run, base_path, model, train_crop(args))
 
 

@@ -1,0 +1,31 @@
+"""What widening a pretrained transformer for DA-VAE latents does, whatever its architecture:
+build the widened model on the meta device, carry every pretrained tensor over except those of
+the widened layers, and check that nothing was left behind."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def carry_over(new: torch.nn.Module, pretrained: torch.nn.Module, widened: Sequence[str], share_weights: bool,
+               owner: str) -> None:
+    """Load ``pretrained``'s state into ``new`` (built on the meta device) except the keys under
+    the ``widened`` prefixes, cloned (or shared with ``share_weights``). Raises naming the keys
+    when the two layouts differ elsewhere."""
+    prefixes = tuple(widened)
+    state = {k: (v if share_weights else v.clone()) for k, v in pretrained.state_dict().items()
+             if not k.startswith(prefixes)}
+    missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
+    stray = unexpected + [k for k in missing if not k.startswith(prefixes)]
+    if stray:
+        raise RuntimeError(f"{owner}: the pretrained state dict does not match the widened model's layout outside "
+                           f"{', '.join(p.rstrip('.') for p in prefixes)}: {stray[:5]}")
+
+
+def check_complete(new: torch.nn.Module, owner: str) -> None:
+    """Every parameter and buffer of ``new`` is real (none left on the meta device)."""
+    leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"{owner}: tensors not carried over from the pretrained model: {leftover}")

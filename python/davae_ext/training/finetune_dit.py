@@ -1,0 +1,322 @@
+"""Fine-tuning a class-conditional DiT on a DA-VAE latent (the paper's ImageNet system, Sec. 4 and
+Table 1): the run ``train/finetune_dit.py`` starts (:func:`finetune_dit`; its arguments:
+:func:`.cli.finetune_dit_parser`).
+
+The pretrained ``DiTTransformer2DModel`` is widened with :func:`davae_ext.models.dit.expand_dit`
+(``--init``, default zero: at step 0 the base-channel prediction is the pretrained model's, which
+:func:`step0_check` measures) and trained in full, as the ImageNet recipe does. Objective:
+rectified flow (``x_sigma = (1 - sigma) x0 + sigma eps``, target ``eps - x0``, timestep
+``1000 sigma``, logit-normal sigma) with the detail channels' weight ramped by Eq. 12 and
+normalised by Eq. 13, plus LightningDiT's cosine velocity term; class labels dropped to the null
+class for CFG. The DiT's base channels are normalised as the pretrained model's latents were
+(its ``latent_stats.json``), the detail channels with statistics of the training latents
+themselves (the ImageNet code's calibration). Latents are computed once per (model, DA-VAE,
+data, settings) and cached on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import ops, use_backend
+from ..channels import split_channels
+from ..models.davae import DAVAE
+from ..models.dit import expand_dit
+from .cache import atomic_dir, cache_root, is_complete
+from .common import EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator, trainable_state
+from .finetune import cache_key, default_davae
+from .flow import cosine_velocity_loss, detail_weight, flow_loss, sample_sigmas
+from .plot import save_curves, save_grid
+from .recipes import recipe_defaults
+
+LOG_FIELDS = ["step", "loss", "flow", "cosine", "base_mse", "detail_mse", "detail_weight", "grad_norm", "skipped",
+              "steps_per_s", "seconds"]
+DETAIL_RATIO = 3  # D = 3 C for the default DA-VAE, as the paper's ImageNet DA-VAE (C = 32, D = 96)
+
+
+def finetune_dit(args: argparse.Namespace) -> dict:
+    """Runs the fine-tuning ``args`` describe (parsed and checked by :mod:`.cli`); returns the
+    summary also written to ``summary.json``."""
+    with use_backend("fused" if args.fused else "reference"):
+        run = TrainingRun(args, LOG_FIELDS)
+        native, davae, resolution = load_models(args, run)
+        cache, reused = latent_cache(args, run, davae, resolution)
+        tuner = _DiTTuner(args, run, native.transformer, davae, cache)
+        start = tuner.resume_or_check(run.resume_state(), native.transformer)
+        summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
+                   "init": args.init, "classes": native.classes, "trainable_parameters": tuner.trainable_count(),
+                   "cache_reused": reused, "step0": tuner.step0}
+        tuner.prepare()
+        if not run.loop(tuner, start, "fine-tune DiT"):
+            return summary
+        summary |= run.finish(tuner.core)
+        if run.is_main:
+            log = run.out / "log.csv"
+            summary["losses"] = {k: first_last(csv_column(log, k)) for k in ("loss", "base_mse", "detail_mse", "cosine")}
+            tuner.plot_losses()
+            if not args.no_sample:
+                summary["pipeline"] = str(finish(tuner.core, tuner.ema, davae, native, args, run.out, resolution))
+            print(summary_lines(summary, run.out))
+        run.write_summary(summary)
+        run.accelerator.end_training()
+    return summary
+
+
+def summary_lines(summary: dict, out: Path) -> str:
+    lines = [f"DiT fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"]
+    if summary.get("step0"):
+        s0 = summary["step0"]
+        lines.append(f"  step 0: base prediction within {s0['max_abs_diff_base_prediction']:.1e} of the pretrained "
+                     f"model's, detail prediction at most {s0['max_abs_detail_prediction']:.1e}")
+    for name, (first, last) in summary["losses"].items():
+        lines.append(f"  {name} {first:.4f} -> {last:.4f} (mean of the first and last 10% of steps)")
+    if "pipeline" in summary:
+        lines.append(f"  pipeline: {summary['pipeline']}; samples.png (one row per class), loss_curves.png")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+def load_native(model: str):
+    """The pretrained class-conditional pipeline of ``model``: a folder with ``transformer``
+    (``DiTTransformer2DModel``) and ``vae`` (``AutoencoderKL``) subfolders, such as the tiny DiT's
+    or a diffusers ``DiTPipeline``'s; ``latent_stats.json`` and ``classes.json`` are read if
+    present."""
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    from ..models.dit_pipeline import DAVAEDiTPipeline
+
+    transformer = DiTTransformer2DModel.from_pretrained(model, subfolder="transformer")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    pipe = DAVAEDiTPipeline(transformer=transformer, vae=vae)
+    pipe.read_side_files(model)
+    if not pipe.classes:
+        pipe.classes = [str(i) for i in range(transformer.config.num_embeds_ada_norm)]
+    return pipe
+
+
+def load_models(args, run: TrainingRun):
+    """The native pipeline, the DA-VAE (its base channels normalised as the pretrained model's
+    latents were) and the training resolution; the default models are built on first use by the
+    main process."""
+    if args.model is None:
+        from .tiny_dit import build_tiny_dit
+
+        with run.accelerator.main_process_first():
+            args.model = str(build_tiny_dit(quick=args.quick_default, progress=run.progress))
+    native = load_native(args.model)
+    if args.davae is None:
+        C = native.transformer.config.in_channels
+        with run.accelerator.main_process_first():
+            args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision,
+                                       "imagenet", detail_channels=DETAIL_RATIO * C)
+    davae = DAVAE.from_pretrained(args.davae).to(run.device).eval()
+    davae.requires_grad_(False)
+    match_base_normalisation(davae, native.latent_stats)
+    resolution = args.resolution or native.transformer.config.sample_size * davae.spatial_factor
+    return native, davae, resolution
+
+
+def match_base_normalisation(davae: DAVAE, latent_stats: dict) -> None:
+    """With the pretrained model's per-channel statistics, the DA-VAE's base channels are
+    standardised with them (``latent_norm="all"``): the widened model then sees its base
+    channels exactly as the pretrained one saw its latents."""
+    if latent_stats:
+        davae.register_to_config(latent_norm="all")
+        davae.set_latent_stats(davae.config.detail_mean, davae.config.detail_std, base_mean=latent_stats["mean"],
+                               base_std=latent_stats["std"])
+
+
+def latent_cache(args, run: TrainingRun, davae: DAVAE, resolution: int) -> tuple[dict, bool]:
+    """The cached latents and labels of the class folder (built by the main process if missing),
+    and whether they were reused."""
+    from .data import class_photos
+
+    data = args.data or str(class_photos())
+    extra = f"dit-v2:{args.detail_latent}:{args.detail_noise}:{davae.config.latent_norm}"
+    folder = cache_root() / "finetune_dit_cache" / cache_key(args.model, args.davae, data, resolution,
+                                                             args.crops_per_image, args.seed, extra)
+    with run.accelerator.main_process_first():
+        reused = is_complete(folder)
+        if not reused:
+            with atomic_dir(folder) as tmp:
+                build_cache(davae, data, resolution, args, tmp, run.progress)
+    run.accelerator.print(f"latent cache {'reused' if reused else 'built'}: {folder}")
+    cache = torch.load(folder / "cache.pt", map_location="cpu")
+    davae.set_latent_stats(cache["detail_mean"], cache["detail_std"])  # what the cached latents were normalised with
+    return cache, reused
+
+
+@torch.no_grad()
+def build_cache(davae: DAVAE, data: str, resolution: int, args, folder: Path, progress: bool) -> None:
+    """``--crops-per-image`` random crops / flips of every image: DA-VAE latents (base posterior
+    mean; detail posterior ``--detail-latent`` plus ``--detail-noise``), normalised, base and
+    detail stored apart, with their class labels."""
+    from tqdm.auto import tqdm
+
+    from .data import ClassImageFolder
+
+    ds = ClassImageFolder(data, resolution, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    raw, labels = [], []
+    for _ in tqdm(range(args.crops_per_image), desc="caching DA-VAE latents", disable=not progress):
+        items = [ds[i] for i in range(len(ds))]
+        for j in range(0, len(items), 16):
+            x = torch.stack([it["pixel_values"] for it in items[j:j + 16]]).to(davae.device)
+            raw.append(davae.diffusion_latents(x, args.detail_latent, args.detail_noise, generator=gen, normalize=False).cpu())
+        labels += [it["class_label"] for it in items]
+    # The detail channels are standardised with statistics of these training latents (the ImageNet
+    # code's calibration; with a sampled or noised detail latent they differ from the DA-VAE's,
+    # which were taken on posterior modes).
+    _, d = davae.split_latents(torch.cat(raw).double())
+    stats = {"detail_mean": d.mean(dim=(0, 2, 3)).tolist(), "detail_std": d.std(dim=(0, 2, 3)).tolist()}
+    davae.set_latent_stats(stats["detail_mean"], stats["detail_std"])
+    z = davae.normalize_latents(torch.cat(raw).to(davae.device)).cpu()
+    b, d = davae.split_latents(z)
+    torch.save({"base": b.clone(), "detail": d.clone(), "labels": torch.tensor(labels), "classes": ds.classes, **stats},
+               folder / "cache.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+class _DiTTuner:
+    """The widened DiT, its optimiser and EMA, the per-step batches and the step."""
+
+    def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
+        from .tiny_dit import disable_label_dropout
+
+        self.args, self.run, self.cache = args, run, cache
+        self.order, self.C = davae.config.order, davae.base_channels
+        self.channels = davae.base_channels + davae.detail_channels
+        self.null = original.config.num_embeds_ada_norm
+        self.step0: Optional[dict] = None
+        torch.manual_seed(args.seed)  # the "random" init, whether or not the default models were just built here
+        transformer = expand_dit(original, davae.detail_channels, init=args.init, order=self.order, fused=args.fused)
+        transformer.requires_grad_(True)
+        disable_label_dropout(transformer)  # dropped here, deterministically per step
+        if args.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.transformer = transformer
+        self.ema = EMA(self.trainable(transformer), args.ema_decay)
+        self.opt = torch.optim.AdamW([p for _, p in self.trainable(transformer)], lr=args.lr,
+                                     betas=(0.9, args.adam_beta2), weight_decay=0.0)
+        self.n_warm = args.n_warm if args.n_warm is not None else min(20000, args.steps // 2)
+
+    @staticmethod
+    def trainable(model) -> list:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for _, p in self.trainable(self.transformer))
+
+    def batch(self, step: int):
+        """Step ``step``'s latents, noise, noise levels and labels (``--label-dropout`` of them the
+        null class)."""
+        args, run, cache = self.args, self.run, self.cache
+        idx = batch_indices(len(cache["base"]), args.batch_size, args.seed, step, run.rank, run.world)
+        x0 = ops.latent_concat(cache["base"][idx], cache["detail"][idx], order=self.order)
+        g = step_generator(args.seed, step, run.rank)
+        labels = cache["labels"][idx].clone()
+        labels[torch.rand(len(idx), generator=g) < args.label_dropout] = self.null
+        sigmas = sample_sigmas(len(idx), args.shift, g)
+        noise = torch.randn(x0.shape, generator=g)
+        dev = run.device
+        return x0.to(dev), noise.to(dev), sigmas.to(dev), labels.to(dev)
+
+    def resume_or_check(self, state: Optional[dict], original) -> int:
+        if state is None:
+            self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
+                                     self.batch(0), self.C, self.order)
+            self.run.accelerator.print(f"step 0: {self.step0}")
+            return 0
+        self.transformer.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step0 = state.get("step0")
+        return int(state["step"])
+
+    def prepare(self) -> None:
+        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
+        self.core = self.run.accelerator.unwrap_model(self.transformer)
+        self.transformer.train()
+
+    def step(self, step: int) -> dict:
+        args, acc = self.args, self.run.accelerator
+        w = detail_weight(step, self.n_warm)
+        x0, noise, sigmas, labels = self.batch(step)
+        s = sigmas.view(-1, 1, 1, 1)
+        with acc.autocast():
+            out = self.transformer((1 - s) * x0 + s * noise, timestep=sigmas * 1000, class_labels=labels).sample
+        pred = out[:, : self.channels].float()  # a learned-sigma head's variance half is not trained
+        parts = flow_loss(pred, x0, noise, sigmas, self.C, self.order, w)
+        cosine = cosine_velocity_loss(pred, noise - x0)
+        loss = parts["loss"] + args.cosine_weight * cosine
+        self.opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        norm, apply = clip_or_skip(acc, [p for _, p in self.trainable(self.core)], args.grad_clip, args.skip_grad_norm)
+        if apply:
+            self.opt.step()
+            self.ema.update(self.trainable(self.core))
+        self.opt.zero_grad(set_to_none=True)
+        return {"step": step, "loss": loss.item(), "flow": parts["loss"].item(), "cosine": cosine.item(),
+                "base_mse": parts["base_mse"].item(), "detail_mse": parts["detail_mse"].item(), "detail_weight": w,
+                "grad_norm": norm, "skipped": int(not apply)}
+
+    def checkpoint_state(self) -> dict:
+        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
+                "step0": self.step0}
+
+    def plot_losses(self) -> None:
+        log = self.run.out / "log.csv"
+        save_curves(self.run.out / "loss_curves.png",
+                    {"base channels (MSE)": csv_column(log, "base_mse"), "detail channels (MSE)": csv_column(log, "detail_mse"),
+                     "1 - cosine (all channels)": csv_column(log, "cosine")},
+                    title=f"DiT fine-tuning on the DA-VAE latent (init {self.args.init}, N_warm={self.n_warm})")
+
+
+@torch.no_grad()
+def step0_check(transformer, original, batch, base_channels: int, order: str) -> dict:
+    """The warm start measured on one batch: the widened model's base-channel prediction against
+    the pretrained model's (on the base channels alone), and its largest detail prediction."""
+    x0, noise, sigmas, labels = batch
+    s = sigmas.view(-1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    C_total = x0.shape[1]
+    pred = transformer(xt, timestep=sigmas * 1000, class_labels=labels).sample[:, :C_total]
+    pred_base, pred_detail = split_channels(pred, base_channels, order)
+    ref = original(split_channels(xt, base_channels, order)[0], timestep=sigmas * 1000, class_labels=labels).sample
+    return {"max_abs_diff_base_prediction": float((pred_base - ref[:, :base_channels]).abs().max()),
+            "max_abs_detail_prediction": float(pred_detail.abs().max())}
+
+
+def sampling_defaults(args) -> dict:
+    return recipe_defaults("sampling_dit", args.recipe) | {"steps": args.sample_steps, "guidance": args.guidance,
+                                                           "recipe": args.recipe}
+
+
+def finish(transformer, ema: EMA, davae: DAVAE, native, args, out: Path, resolution: int) -> Path:
+    """EMA weights into the transformer, the pipeline saved, a sample grid per class drawn."""
+    from ..models.dit_pipeline import DAVAEDiTPipeline
+
+    transformer.eval()
+    ema.copy_to([(n, p) for n, p in transformer.named_parameters() if n in ema.shadow])
+    pipe = DAVAEDiTPipeline(transformer=transformer, vae=davae)
+    pipe.classes = list(native.classes)
+    pipe.sampling_defaults = sampling_defaults(args)
+    pipe.save_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    n = args.samples_per_class
+    for label in range(len(pipe.classes)):
+        gens = [torch.Generator().manual_seed(args.seed + k) for k in range(n)]
+        rows.append(pipe([label] * n, height=resolution, width=resolution, generator=gens, output_type="pt").images * 2 - 1)
+    tokens = (resolution // davae.spatial_factor // transformer.config.patch_size) ** 2
+    save_grid(out / "samples.png", rows, [f"{name}\n{resolution}x{resolution}\n{tokens} tokens" for name in pipe.classes],
+              title=f"one row per class: {args.sample_steps} steps, CFG {args.guidance}, EMA weights")
+    return out / "pipeline"
