@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from davae_ext.training.cli import finetune_parser, train_vae_parser
+from davae_ext.training.cli import finetune_dit_parser, finetune_parser, train_vae_parser
 from davae_ext.training.common import clip_or_skip
 from davae_ext.training.flow import flow_loss
 from davae_ext.training.recipes import DEFAULT_RECIPE, RECIPES, RELEASED_NEGATIVE_PROMPT, recipe_defaults
@@ -21,22 +21,29 @@ EXPECTED = {
     "released": {
         "train_vae": dict(recon_target="base_reconstruction", image_range="unit", clamp_output=True,
                           lr_schedule="cosine", l1_weight=2.0, kl_weight=1e-7, lpips_weight=1.0, align_weight=0.2,
-                          gan=False),
+                          align_mode="constant", kl_form="sum", detail_dropout=0.0, latent_norm="detail", gan=False),
         "finetune": dict(loss_mode="x0_min_snr", min_snr_gamma=5.0, grad_clip=0.5, skip_grad_norm=10.0,
                          trainable_dtype="auto", timestep_rounding="floor", shift=4.0),
     },
     "paper": {
         "train_vae": dict(recon_target="image", image_range="signed", clamp_output=False, lr_schedule="constant",
-                          l1_weight=2.0, kl_weight=1e-7, lpips_weight=1.0, align_weight=1.0, gan=True),
+                          l1_weight=2.0, kl_weight=1e-7, lpips_weight=1.0, align_weight=1.0, align_mode="constant",
+                          kl_form="sum", detail_dropout=0.0, latent_norm="detail", gan=True),
         "finetune": dict(loss_mode="velocity", min_snr_gamma=5.0, grad_clip=1.0, skip_grad_norm=0.0,
                          trainable_dtype="float32", timestep_rounding="none", shift=4.0),
     },
+    "imagenet": {  # paper_spec.md 3.2, 4.2, 4.3 (the released ImageNet code)
+        "train_vae": dict(recon_target="image", image_range="signed", clamp_output=False, lr_schedule="constant",
+                          l1_weight=1.0, kl_weight=1e-6, lpips_weight=1.0, align_weight=0.5, align_mode="adaptive",
+                          kl_form="mean", detail_dropout=0.1, latent_norm="all", gan=True),
+        "finetune_dit": dict(lr=2e-4, adam_beta2=0.95, cosine_weight=1.0, label_dropout=0.1, detail_latent="sample",
+                             shift=1.0, grad_clip=1.0, skip_grad_norm=0.0),
+    },
 }
-PARSERS = {"train_vae": train_vae_parser, "finetune": finetune_parser}
+PARSERS = {"train_vae": train_vae_parser, "finetune": finetune_parser, "finetune_dit": finetune_dit_parser}
 
 
-@pytest.mark.parametrize("recipe", ["released", "paper"])
-@pytest.mark.parametrize("script", ["train_vae", "finetune"])
+@pytest.mark.parametrize("recipe, script", [(r, s) for r in EXPECTED for s in EXPECTED[r]])
 def test_each_recipe_sets_what_the_table_says(recipe, script):
     args = PARSERS[script]().parse_args(["--recipe", recipe])
     assert args.recipe == recipe
@@ -44,12 +51,17 @@ def test_each_recipe_sets_what_the_table_says(recipe, script):
         assert getattr(args, key) == value, key
 
 
-def test_the_default_recipe_is_paper():
+def test_the_default_recipe_is_paper_and_imagenet_for_dits():
     assert DEFAULT_RECIPE == "paper"
     for script, parser in PARSERS.items():
         args = parser().parse_args([])
-        assert args.recipe == "paper"
-        assert all(getattr(args, k) == v for k, v in EXPECTED["paper"][script].items())
+        expected = "imagenet" if script == "finetune_dit" else "paper"
+        assert args.recipe == expected
+        assert all(getattr(args, k) == v for k, v in EXPECTED[expected][script].items())
+    with pytest.raises(SystemExit):  # the SD3 fine-tuning has no imagenet recipe, the DiT one no paper recipe
+        finetune_parser().parse_args(["--recipe", "imagenet"])
+    with pytest.raises(SystemExit):
+        finetune_dit_parser().parse_args(["--recipe", "paper"])
 
 
 def test_explicit_flags_override_the_recipe():

@@ -26,7 +26,7 @@ import inspect
 from typing import Optional, Sequence
 
 import torch
-from diffusers import DiTTransformer2DModel, ModelMixin  # noqa: F401
+from diffusers import DiTTransformer2DModel, ModelMixin  # noqa: F401  (read by the pipeline loader)
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 

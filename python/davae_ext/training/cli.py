@@ -566,7 +566,7 @@ class _Checks:
                                    f"DiTTransformer2DModel; found {transformer.get('_class_name', 'none')!r}")
         self._weights(flag, value, root / "transformer")
         vae = self.vae(flag, value)
-        C, p = transformer["in_channels"], transformer["patch_size"]
+        C = transformer["in_channels"]
         out = transformer.get("out_channels") or C
         if out not in (C, 2 * C):
             self.fail(flag, value, f"a DiT whose head predicts C = {C} channels (or 2C with a learned sigma); its "
