@@ -565,12 +565,12 @@ class _Checks:
             self.fail(flag, value, "expected a folder with a 'transformer' subfolder holding a diffusers "
                                    f"DiTTransformer2DModel; found {transformer.get('_class_name', 'none')!r}")
         self._weights(flag, value, root / "transformer")
-        vae = self.vae(flag, value)
         C = transformer["in_channels"]
         out = transformer.get("out_channels") or C
         if out not in (C, 2 * C):
             self.fail(flag, value, f"a DiT whose head predicts C = {C} channels (or 2C with a learned sigma); its "
                                    f"out_channels is {out}")
+        vae = self.vae(flag, value)
         if vae["latent_channels"] != C:
             self.fail(flag, value, f"a VAE with the transformer's {C} latent channels; it has {vae['latent_channels']}")
         return transformer, vae
