@@ -1,12 +1,17 @@
 """Every script refuses bad arguments before any expensive work: each case below exits with code 2,
 names the flag in its error, and leaves the cache and output folders as they were (no tiny model
-built, no checkpoint, no latent cache). The subprocess timeout is a guard against a script that
-starts building or training; bench/script_arguments.py times each case."""
+built, no checkpoint, no latent cache).
+
+The cases run in one child process, one after the other, each calling the script's ``main`` (the
+process's imports are paid once, not 40 times; a case that reached training would not return:
+the child's timeout is the guard against a script that starts building or training).
+bench/script_arguments.py times each case in its own process."""
 
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -88,6 +93,19 @@ CASES = [
     ("sample", ["--steps", "0"], "--steps"),
     ("sample", ["--prompts", "{root}/empty_prompts.txt"], "--prompts"),
     ("sample", ["--base-model", "{root}/not_a_model"], "--base-model"),
+    ("finetune_dit", ["--data", "{root}/one_image"], "--data"),  # images, but no class subfolders
+    ("finetune_dit", ["--model", "{root}/not_a_model"], "--model"),
+    ("finetune_dit", ["--label-dropout", "2"], "--label-dropout"),
+    ("finetune_dit", ["--recipe", "paper"], "--recipe"),
+    ("finetune_dit", ["--davae", "{root}/davae4"], "--davae"),
+    ("finetune_dit", ["--resume"], "--resume"),
+    ("sample_dit", ["--pipeline", "{root}/not_a_model"], "--pipeline"),
+    ("sample_dit", ["--base-model", "{root}/not_a_model"], "--base-model"),
+    ("eval_dit", ["--no-fid", "--pipeline", "{root}/not_a_model"], "--pipeline"),
+    ("eval_dit", ["--pipeline", "{root}/not_a_model"], "--inception"),  # FID without a local Inception
+]
+EXTRA_CASES = [  # run with the others; checked by their own tests
+    ("train_vae", ["--data", "{root}/one_image", "--lpips-weights", "{root}/nonexistent.pth"], "--lpips-weights"),
 ]
 
 
@@ -104,19 +122,60 @@ def run_case(script: str, args: list[str], root: Path, scripts_dir: Path = ROOT 
                           env=env, cwd=root, timeout=timeout)
 
 
+_DRIVER = textwrap.dedent("""
+    import contextlib, importlib.util, io, json, os, sys
+    root, scripts_dir, cases = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
+    def snapshot():
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, dirs, files in os.walk(root) for f in dirs + files)
+    results = []
+    for script, argv in cases:
+        spec = importlib.util.spec_from_file_location(f"_case_{script}", os.path.join(scripts_dir, script + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        before, err, code = snapshot(), io.StringIO(), None
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                module.main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        results.append({"code": code, "stderr": err.getvalue()[-2000:], "changed": snapshot() != before})
+    print(json.dumps(results))
+""")
+
+
+@pytest.fixture(scope="module")
+def case_results(fixtures):
+    """Every case's exit code, stderr and whether it changed the fixtures folder, from one child."""
+    cases = CASES + EXTRA_CASES
+    argvs = [[script, [a.format(root=fixtures) for a in args] + ["--output-dir", str(fixtures / "out" / script)]]
+             for script, args, _ in cases]
+    env = dict(os.environ, DAVAE_CACHE=str(fixtures / "cache"), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", _DRIVER, str(fixtures), str(ROOT / "train")], input=json.dumps(argvs),
+                       capture_output=True, text=True, env=env, cwd=fixtures, timeout=GUARD_S + 5 * len(cases))
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = json.loads(p.stdout.strip().splitlines()[-1])
+    return {(script, tuple(args)): r for (script, args, _), r in zip(cases, results)}
+
+
 @pytest.mark.parametrize("script,args,flag", CASES, ids=[f"{s}:{' '.join(a)}" for s, a, _ in CASES])
-def test_bad_argument_fails_first(fixtures, script, args, flag):
-    before = snapshot(fixtures)
-    p = run_case(script, args, fixtures)
-    assert p.returncode == 2, f"exit code {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
-    last = p.stderr.strip().splitlines()[-1]
-    assert flag in last and "error:" in last, p.stderr[-2000:]
-    assert snapshot(fixtures) == before, "the failed run created files"
+def test_bad_argument_fails_first(case_results, script, args, flag):
+    r = case_results[(script, tuple(args))]
+    assert r["code"] == 2, f"exit code {r['code']}\n{r['stderr']}"
+    last = r["stderr"].strip().splitlines()[-1]
+    assert flag in last and "error:" in last, r["stderr"]
+    assert not r["changed"], "the failed run created files"
 
 
-def test_a_good_folder_passes_the_data_check(fixtures):
+def test_a_good_folder_passes_the_data_check(case_results):
     """The image-folder check accepts a folder with one readable image: with a good --data the
     run gets past that check and fails on --lpips-weights, which is checked after it."""
-    p = run_case("train_vae", ["--data", "{root}/one_image", "--lpips-weights", "{root}/nonexistent.pth"], fixtures)
-    last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 2 and "--lpips-weights" in last and "--data" not in last, p.stderr[-2000:]
+    r = case_results[EXTRA_CASES[0][0], tuple(EXTRA_CASES[0][1])]
+    last = r["stderr"].strip().splitlines()[-1]
+    assert r["code"] == 2 and "--lpips-weights" in last and "--data" not in last, r["stderr"]
+
+
+def test_one_case_in_its_own_process(fixtures):
+    """The per-process path bench/script_arguments.py times: the same exit code and message."""
+    p = run_case("train_vae", ["--steps", "-5"], fixtures)
+    assert p.returncode == 2 and "--steps" in p.stderr.strip().splitlines()[-1]
