@@ -23,6 +23,7 @@ def main(argv=None) -> dict:
     parser = sample_dit_parser(__doc__)
     args = check_sample_dit(parser, parser.parse_args(argv))
     from davae_ext.training import dit_sampling as ds
+    from davae_ext.training.sampling import base_model_of
 
     progress = not args.no_progress
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -39,7 +40,7 @@ def main(argv=None) -> dict:
               "settings": {k: v for k, v in settings.items() if v is not None},
               "files": ds.save_images(images, pipe, labels, args.per_class, out, label)}
     if args.compare_native:
-        native = ds.load_native_pipeline(args.base_model or ds.base_model_of(args.pipeline), args.device, dtype)
+        native = ds.load_native_pipeline(args.base_model or base_model_of(args.pipeline), args.device, dtype)
         native.sampling_defaults = pipe.sampling_defaults
         native_images, native_ips = ds.sample(native, labels, args.per_class, resolution, args.seed, args.batch_size,
                                               settings, progress)

@@ -528,15 +528,15 @@ class _Checks:
         self._weights(flag, value, Path(value))
         return config
 
-    def davae_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
-        """A DAVAEStableDiffusion3Pipeline folder: its transformer's and DA-VAE's configs."""
+    def davae_pipeline(self, flag: str, value: str, written_by: str = "train/finetune_sd35.py") -> tuple[dict, dict]:
+        """A DA-VAE pipeline folder (``DAVAEStableDiffusion3Pipeline`` or, written by
+        finetune_dit.py, ``DAVAEDiTPipeline``): its transformer's and DA-VAE's configs."""
         root = Path(value)
         if not (root / "model_index.json").is_file():
-            self.fail(flag, value, "expected a pipeline folder (with model_index.json) written by train/finetune_sd35.py")
+            self.fail(flag, value, f"expected a pipeline folder (with model_index.json) written by {written_by}")
         vae_entry = self._json(flag, value, root / "model_index.json").get("vae", [None, None])
         if vae_entry[1] != "DAVAE":
-            self.fail(flag, value, f"expected a pipeline with a DA-VAE (written by train/finetune_sd35.py); "
-                                   f"its vae is {vae_entry}")
+            self.fail(flag, value, f"expected a pipeline with a DA-VAE (written by {written_by}); its vae is {vae_entry}")
         transformer = self._json(flag, value, root / "transformer" / "config.json")
         return transformer, self.davae(flag, str(root / "vae"))
 
@@ -574,17 +574,6 @@ class _Checks:
         if vae["latent_channels"] != C:
             self.fail(flag, value, f"a VAE with the transformer's {C} latent channels; it has {vae['latent_channels']}")
         return transformer, vae
-
-    def dit_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
-        """A DAVAEDiTPipeline folder with a DA-VAE: its transformer's and DA-VAE's configs."""
-        root = Path(value)
-        if not (root / "model_index.json").is_file():
-            self.fail(flag, value, "expected a pipeline folder (with model_index.json) written by train/finetune_dit.py")
-        vae_entry = self._json(flag, value, root / "model_index.json").get("vae", [None, None])
-        if vae_entry[1] != "DAVAE":
-            self.fail(flag, value, f"expected a pipeline with a DA-VAE (written by train/finetune_dit.py); its vae is "
-                                   f"{vae_entry}")
-        return self._json(flag, value, root / "transformer" / "config.json"), self.davae(flag, str(root / "vae"))
 
     def resumable(self, output_dir: str) -> None:
         from .common import CHECKPOINT_RE
@@ -736,7 +725,7 @@ def check_finetune_dit(parser: argparse.ArgumentParser, args: argparse.Namespace
 def check_sample_dit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     c = _Checks(parser)
     if args.pipeline != DEFAULT_DIT_PIPELINE or (Path(args.pipeline) / "model_index.json").is_file():
-        transformer, davae = c.dit_pipeline("--pipeline", args.pipeline)
+        transformer, davae = c.davae_pipeline("--pipeline", args.pipeline, "train/finetune_dit.py")
         c.multiple("--resolution", args.resolution, davae_factor(davae) * transformer["patch_size"],
                    "the DA-VAE's spatial factor x the patch size")
     if args.base_model is not None:
@@ -752,7 +741,7 @@ def check_eval_dit(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                                     "inception-2015-12-05.pt); nothing is downloaded. Give --inception PATH, or "
                                     "--no-fid for the reconstruction statistics alone")
     c.file("--inception", args.inception)
-    transformer, davae = c.dit_pipeline("--pipeline", args.pipeline)
+    transformer, davae = c.davae_pipeline("--pipeline", args.pipeline, "train/finetune_dit.py")
     c.multiple("--resolution", args.resolution, davae_factor(davae) * transformer["patch_size"],
                "the DA-VAE's spatial factor x the patch size")
     c.class_folder("--data", args.data)

@@ -3,7 +3,6 @@ same output resolution: what ``train/sample_dit.py`` and ``train/eval_dit.py`` r
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -121,11 +120,3 @@ def save_comparison(path, images, native_images, pipe, labels: Sequence[int], pe
     return save_grid(path, rows, names, title="same classes and seeds, same output resolution")
 
 
-def base_model_of(pipe_dir) -> str:
-    """The native model a fine-tuning run used (its ``args.json``)."""
-    args_file = Path(pipe_dir).parent / "args.json"
-    if args_file.is_file():
-        model = json.loads(args_file.read_text()).get("model")
-        if model:
-            return model
-    raise ValueError("--compare-native needs --base-model (the pipeline folder does not record its base model)")

@@ -47,7 +47,7 @@ def finetune(args: argparse.Namespace) -> dict:
         start = tuner.resume_or_check(run.resume_state(), original)
         del original
         summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
-                   "trainable_parameters": sum(p.numel() for _, p in tuner.trainable(tuner.transformer)),
+                   "trainable_parameters": tuner.trainable_count(),
                    "cache_reused": reused, "step0": tuner.step0}
         tuner.prepare()
         if not run.loop(tuner, start, "fine-tune"):
@@ -65,11 +65,7 @@ def finetune(args: argparse.Namespace) -> dict:
 
 def summary_lines(summary: dict, out: Path) -> str:
     """Where the outputs are, the step-0 identity and the two losses from first to last steps."""
-    lines = [f"fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"]
-    if summary.get("step0"):
-        s0 = summary["step0"]
-        lines.append(f"  step 0: base prediction within {s0['max_abs_diff_base_prediction']:.1e} of the pretrained "
-                     f"model's, detail prediction at most {s0['max_abs_detail_prediction']:.1e}")
+    lines = [f"fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"] + step0_lines(summary)
     for name in ("base_mse", "detail_mse"):
         first, last = first_last(csv_column(out / "log.csv", name))
         lines.append(f"  {name.replace('_mse', '')}-channel MSE {first:.4f} -> {last:.4f} "
@@ -77,6 +73,15 @@ def summary_lines(summary: dict, out: Path) -> str:
     if "pipeline" in summary:
         lines.append(f"  pipeline: {summary['pipeline']}; samples.png, loss_curves.png")
     return "\n".join(lines)
+
+
+def step0_lines(summary: dict) -> list[str]:
+    """The step-0 identity of a summary, as one line (none after a resume without it)."""
+    s0 = summary.get("step0")
+    if not s0:
+        return []
+    return [f"  step 0: base prediction within {s0['max_abs_diff_base_prediction']:.1e} of the pretrained model's, "
+            f"detail prediction at most {s0['max_abs_detail_prediction']:.1e}"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,8 +223,38 @@ def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed:
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-class _Tuner:
-    """The widened transformer, its optimiser and EMA, the per-step batches and the step."""
+class TransformerTuner:
+    """What both transformer trainers share: the trainable parameters, a checkpoint's state
+    (written and read back), and handing the model and optimiser to accelerate. A subclass sets
+    ``args``, ``run``, ``transformer``, ``opt``, ``ema`` and ``step0`` and defines ``step``."""
+
+    @staticmethod
+    def trainable(model) -> list:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for _, p in self.trainable(self.transformer))
+
+    def load_checkpoint(self, state: dict) -> int:
+        """The trained weights, optimiser state, EMA and step-0 record of a checkpoint; its step."""
+        self.transformer.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step0 = state.get("step0")
+        return int(state["step"])
+
+    def checkpoint_state(self) -> dict:
+        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
+                "step0": self.step0}
+
+    def prepare(self) -> None:
+        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
+        self.core = self.run.accelerator.unwrap_model(self.transformer)
+        self.transformer.train()
+
+
+class _Tuner(TransformerTuner):
+    """The widened SD3 transformer, its optimiser and EMA, the per-step batches and the step."""
 
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
         self.args, self.run, self.cache = args, run, cache
@@ -238,10 +273,6 @@ class _Tuner:
         self.opt = torch.optim.AdamW([p for _, p in self.trainable(transformer)], lr=args.lr, betas=(0.9, 0.999),
                                      weight_decay=0.0)
         self.n_warm = args.n_warm if args.n_warm is not None else min(10000, args.steps // 2)
-
-    @staticmethod
-    def trainable(model) -> list:
-        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def batch(self, step: int):
         """Step ``step``'s latents, noise, noise levels and text embeddings (10% empty prompts)."""
@@ -268,11 +299,7 @@ class _Tuner:
             self._cast_trainable()
             return 0
         self._cast_trainable()
-        self.transformer.load_state_dict(state["model"], strict=False)
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        self.step0 = state.get("step0")
-        return int(state["step"])
+        return self.load_checkpoint(state)
 
     def _cast_trainable(self) -> None:
         """The trained weights to ``--trainable-dtype`` (after the float32 step-0 check, before a
@@ -280,11 +307,6 @@ class _Tuner:
         dtype = trainable_dtype(self.args.trainable_dtype, self.args.mixed_precision)
         for _, p in self.trainable(self.transformer):
             p.data = p.data.to(dtype)
-
-    def prepare(self) -> None:
-        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
-        self.core = self.run.accelerator.unwrap_model(self.transformer)
-        self.transformer.train()
 
     def step(self, step: int) -> dict:
         args, acc = self.args, self.run.accelerator
@@ -306,10 +328,6 @@ class _Tuner:
         self.opt.zero_grad(set_to_none=True)
         return {"step": step, "loss": parts["loss"].item(), "base_mse": parts["base_mse"].item(),
                 "detail_mse": parts["detail_mse"].item(), "detail_weight": w, "grad_norm": norm, "skipped": int(not apply)}
-
-    def checkpoint_state(self) -> dict:
-        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
-                "step0": self.step0}
 
     def plot_losses(self) -> None:
         log = self.run.out / "log.csv"

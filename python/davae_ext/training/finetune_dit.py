@@ -27,8 +27,8 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.dit import expand_dit
 from .cache import atomic_dir, cache_root, is_complete
-from .common import EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator, trainable_state
-from .finetune import cache_key, default_davae
+from .common import EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator
+from .finetune import TransformerTuner, cache_key, default_davae, step0_lines
 from .flow import cosine_velocity_loss, detail_weight, flow_loss, sample_sigmas
 from .plot import save_curves, save_grid
 from .recipes import recipe_defaults
@@ -68,11 +68,7 @@ def finetune_dit(args: argparse.Namespace) -> dict:
 
 
 def summary_lines(summary: dict, out: Path) -> str:
-    lines = [f"DiT fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"]
-    if summary.get("step0"):
-        s0 = summary["step0"]
-        lines.append(f"  step 0: base prediction within {s0['max_abs_diff_base_prediction']:.1e} of the pretrained "
-                     f"model's, detail prediction at most {s0['max_abs_detail_prediction']:.1e}")
+    lines = [f"DiT fine-tuning done in {summary['seconds']:.0f} s: {out.resolve()}"] + step0_lines(summary)
     for name, (first, last) in summary["losses"].items():
         lines.append(f"  {name} {first:.4f} -> {last:.4f} (mean of the first and last 10% of steps)")
     e = summary["eval_flow"]
@@ -189,7 +185,7 @@ def build_cache(davae: DAVAE, data: str, resolution: int, args, folder: Path, pr
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-class _DiTTuner:
+class _DiTTuner(TransformerTuner):
     """The widened DiT, its optimiser and EMA, the per-step batches and the step."""
 
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
@@ -212,13 +208,6 @@ class _DiTTuner:
                                      betas=(0.9, args.adam_beta2), weight_decay=0.0)
         self.n_warm = args.n_warm if args.n_warm is not None else min(20000, args.steps // 2)
 
-    @staticmethod
-    def trainable(model) -> list:
-        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-    def trainable_count(self) -> int:
-        return sum(p.numel() for _, p in self.trainable(self.transformer))
-
     def batch(self, step: int):
         """Step ``step``'s latents, noise, noise levels and labels (``--label-dropout`` of them the
         null class)."""
@@ -239,16 +228,7 @@ class _DiTTuner:
                                      self.batch(0), self.C, self.order)
             self.run.accelerator.print(f"step 0: {self.step0}")
             return 0
-        self.transformer.load_state_dict(state["model"], strict=False)
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        self.step0 = state.get("step0")
-        return int(state["step"])
-
-    def prepare(self) -> None:
-        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
-        self.core = self.run.accelerator.unwrap_model(self.transformer)
-        self.transformer.train()
+        return self.load_checkpoint(state)
 
     def step(self, step: int) -> dict:
         args, acc = self.args, self.run.accelerator
@@ -271,10 +251,6 @@ class _DiTTuner:
         return {"step": step, "loss": loss.item(), "flow": parts["loss"].item(), "cosine": cosine.item(),
                 "base_mse": parts["base_mse"].item(), "detail_mse": parts["detail_mse"].item(), "detail_weight": w,
                 "grad_norm": norm, "skipped": int(not apply)}
-
-    def checkpoint_state(self) -> dict:
-        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
-                "step0": self.step0}
 
     def plot_losses(self) -> None:
         log = self.run.out / "log.csv"
