@@ -123,13 +123,16 @@ def load_models(args, run: TrainingRun):
 
 
 def match_base_normalisation(davae: DAVAE, latent_stats: dict) -> None:
-    """With the pretrained model's per-channel statistics, the DA-VAE's base channels are
-    standardised with them (``latent_norm="all"``): the widened model then sees its base
-    channels exactly as the pretrained one saw its latents."""
+    """The DA-VAE's base channels normalised as the pretrained model's latents were, so the
+    widened model sees them as the pretrained one saw its latents: standardised with the model's
+    per-channel statistics when it has them (``latent_norm="all"``), else left as the base VAE's
+    shift / scale gives them (``latent_norm="detail"``, whatever the DA-VAE was calibrated with)."""
     if latent_stats:
         davae.register_to_config(latent_norm="all")
         davae.set_latent_stats(davae.config.detail_mean, davae.config.detail_std, base_mean=latent_stats["mean"],
                                base_std=latent_stats["std"])
+    else:
+        davae.register_to_config(latent_norm="detail")
 
 
 def latent_cache(args, run: TrainingRun, davae: DAVAE, resolution: int) -> tuple[dict, bool]:
@@ -137,7 +140,8 @@ def latent_cache(args, run: TrainingRun, davae: DAVAE, resolution: int) -> tuple
     and whether they were reused."""
     from .data import class_photos
 
-    data = args.data or str(class_photos())
+    with run.accelerator.main_process_first():  # the shipped photo classes are written once
+        data = args.data or str(class_photos())
     extra = f"dit-v2:{args.detail_latent}:{args.detail_noise}:{davae.config.latent_norm}"
     folder = cache_root() / "finetune_dit_cache" / cache_key(args.model, args.davae, data, resolution,
                                                              args.crops_per_image, args.seed, extra)
