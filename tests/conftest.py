@@ -15,6 +15,12 @@ import torch
 
 import davae_ext
 
+# Under pytest-xdist (the README's test command runs two workers), each worker gets its share of
+# the cores: two workers with a full OpenMP pool each would thrash the same two cores. The
+# subprocess-based tests set OMP_NUM_THREADS=1 for their children already.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 CUDA = torch.cuda.is_available() and davae_ext.build_info()["cuda_kernels"]
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 CPU_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

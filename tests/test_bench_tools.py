@@ -66,7 +66,8 @@ def test_gpu_kernels_lists_each_case(tmp_path):
 
 def test_benchmark_rows_are_appended_as_they_finish(tmp_path):
     path = tmp_path / "rows.jsonl"
-    env = dict(os.environ, DAVAE_BENCH_JSONL=str(path))
+    # A pytest of its own: not an xdist worker (pytest-benchmark disables itself under xdist).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"DAVAE_BENCH_JSONL": str(path)}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", BENCH, "--benchmark-only", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
          "-k", "cpu and sd3-1024 and latent_concat and fwd and not fwdbwd and (copy or fused)"],
