@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     pipe = sampling.load_pipeline(DAVAEStableDiffusion3Pipeline, pipe_dir, args.device, dtype)
     chosen = sampling.resolve_settings(args, pipe)
     sampling.set_shift(pipe, chosen["shift"])
-    pipe.transformer.pos_embed.fused = args.fused
+    pipe.transformer.pos_embed.fused = pipe.transformer.proj_out.fused = args.fused
     resolution = args.resolution or pipe.default_sample_size * pipe.vae_scale_factor
     settings = dict(seed=args.seed, steps=chosen["steps"], guidance=chosen["guidance"], batch_size=args.batch_size,
                     negative_prompt=chosen["negative_prompt"], progress=progress)

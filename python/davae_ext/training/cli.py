@@ -411,7 +411,8 @@ def sample_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     a("--resolution", type=POSITIVE, default=None,
       help="output size, e.g. 1024 or 2048 on SD3.5-M (default: the pipeline's own size)")
     a("--batch-size", type=POSITIVE, default=4, help="images per pipeline call (default: 4)")
-    a("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused patch embedding (default: on)")
+    a("--fused", action=argparse.BooleanOptionalAction, default=True,
+      help="fused patch embedding and one-GEMM head (default: on)")
     a("--compare-native", action="store_true",
       help="also sample with the base pipeline at the same resolution (default: off)")
     a("--base-model", default=None,
