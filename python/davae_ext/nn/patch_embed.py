@@ -114,13 +114,14 @@ class DetailPatchEmbed(nn.Module):
         grid_h = getattr(patch_embed, "height", 1) if table is not None else 1
         grid_w = getattr(patch_embed, "width", 1) if table is not None else 1
         C = conv.in_channels
+        max_size = getattr(patch_embed, "pos_embed_max_size", None) if table is not None else None
+        # Built without a table: the pretrained one is carried over as it is below (computing a
+        # fresh sin-cos table first would cost as much memory again, 0.9 GB at SD3.5-Medium's size).
         new = cls(
             height=grid_h * p, width=grid_w * p, patch_size=p, base_channels=C, detail_channels=detail_channels,
             embed_dim=conv.out_channels, bias=conv.bias is not None,
-            interpolation_scale=getattr(patch_embed, "interpolation_scale", 1),
-            pos_embed_type="sincos" if table is not None else None,
-            pos_embed_max_size=getattr(patch_embed, "pos_embed_max_size", None) if table is not None else None,
-            order=order, fused=fused,
+            interpolation_scale=getattr(patch_embed, "interpolation_scale", 1), pos_embed_type=None,
+            pos_embed_max_size=max_size, order=order, fused=fused,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             w_base = conv.weight.detach()
@@ -129,7 +130,8 @@ class DetailPatchEmbed(nn.Module):
             if conv.bias is not None:
                 new.proj.bias.copy_(conv.bias)
             if table is not None:
-                new.pos_embed = table.detach().clone()  # keeps the buffer's values exactly
+                del new.pos_embed  # the None placeholder, replaced by the pretrained buffer's values exactly
+                new.register_buffer("pos_embed", table.detach().clone(), persistent=bool(max_size))
                 new.base_size = getattr(patch_embed, "base_size", new.base_size)
         return new
 
