@@ -177,10 +177,11 @@ def build_cache(davae: DAVAE, data: str, resolution: int, args, folder: Path, pr
     # The detail channels are standardised with statistics of these training latents (the ImageNet
     # code's calibration; with a sampled or noised detail latent they differ from the DA-VAE's,
     # which were taken on posterior modes).
-    _, d = davae.split_latents(torch.cat(raw).double())
+    raw = torch.cat(raw)
+    _, d = davae.split_latents(raw.double())
     stats = {"detail_mean": d.mean(dim=(0, 2, 3)).tolist(), "detail_std": d.std(dim=(0, 2, 3)).tolist()}
     davae.set_latent_stats(stats["detail_mean"], stats["detail_std"])
-    z = davae.normalize_latents(torch.cat(raw).to(davae.device)).cpu()
+    z = davae.normalize_latents(raw.to(davae.device)).cpu()
     b, d = davae.split_latents(z)
     torch.save({"base": b.clone(), "detail": d.clone(), "labels": torch.tensor(labels), "classes": ds.classes, **stats},
                folder / "cache.pt")

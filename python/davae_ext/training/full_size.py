@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -91,10 +92,10 @@ def build_folder(path, width_divisor: int = 1, dtype: str = "float32", seed: int
     from .tiny import build_clip_tokenizer, build_t5_tokenizer
 
     folder = Path(path)
-    scratch = folder.parent / f".{folder.name}.tokenizers"
     captions = [json.loads(line)["text"] for line in (sample_photos("all") / "metadata.jsonl").read_text().splitlines()]
-    clip_tok = build_clip_tokenizer(scratch / "clip")
-    t5_tok = build_t5_tokenizer(captions, scratch / "t5")
+    with tempfile.TemporaryDirectory() as scratch:  # the tokenizers' files; save_pretrained writes them again
+        clip_tok = build_clip_tokenizer(Path(scratch) / "clip")
+        t5_tok = build_t5_tokenizer(captions, Path(scratch) / "t5")
     torch.manual_seed(seed)
     clip_l, clip_g, t5 = build_text_encoders(len(clip_tok), len(t5_tok))
     pipe = StableDiffusion3Pipeline(
@@ -105,12 +106,6 @@ def build_folder(path, width_divisor: int = 1, dtype: str = "float32", seed: int
     pipe.tokenizer_3.model_max_length = 256
     pipe.to(getattr(torch, dtype))
     pipe.save_pretrained(folder)
-    for sub in scratch.rglob("*"):
-        if sub.is_file():
-            sub.unlink()
-    for sub in sorted(scratch.rglob("*"), reverse=True):
-        sub.rmdir()
-    scratch.rmdir()
     return folder
 
 
