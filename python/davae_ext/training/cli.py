@@ -137,6 +137,7 @@ def add_run_arguments(p: argparse.ArgumentParser, output_dir: str, steps: int, b
     a("--no-progress", action="store_true", help="no tqdm progress bar (default: shown)")
     a("--quick-default", action="store_true", help=argparse.SUPPRESS)  # tests: the quick tiny models
     a("--stop-at", type=POSITIVE, default=None, help=argparse.SUPPRESS)  # tests: stop here as if killed
+    a("--in-process", action="store_true", help=argparse.SUPPRESS)  # a run inside another run's main process
 
 
 def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentParser:

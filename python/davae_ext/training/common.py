@@ -4,6 +4,7 @@ sees exactly what an uninterrupted one would), atomic checkpoints, a resumable C
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -17,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+
+from .sharding import Sharded, fsdp_requested, full_state, full_tensor, load_full, shard_like
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -113,19 +116,32 @@ def load_latest_checkpoint(folder: os.PathLike) -> Optional[tuple[Path, dict]]:
 
 
 def trainable_state(model: torch.nn.Module) -> dict:
-    """The trainable parameters (the frozen ones come from the base model on resume)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+    """The trainable parameters, whole (the frozen ones come from the base model on resume);
+    collective when the model is sharded."""
+    return full_state((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def load_trainable(model: torch.nn.Module, state: dict) -> None:
+    """A checkpoint's whole trainable tensors into ``model`` (sharded or not), or
+    :class:`CheckpointError` when the checkpoint lacks any: a checkpoint written with other model
+    flags (rank, targets, ``--full``) must not resume half-loaded."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, _ in named if n not in state]
+    if missing:
+        raise CheckpointError(f"--resume: the checkpoint lacks {len(missing)} of the {len(named)} trainable tensors "
+                              f"(e.g. {missing[0]}); was it written with other model flags?")
+    load_full(named, state)
 
 
 def fingerprint(model: torch.nn.Module, trainable_only: bool = True) -> str:
-    """SHA-256 over the (trainable) parameters' bytes, in name order."""
+    """SHA-256 over the (trainable) parameters' bytes, in name order (of the whole parameters
+    when sharded: collective, every process must call it)."""
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if trainable_only and not p.requires_grad:
             continue
         h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(full_tensor(p).float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -157,15 +173,21 @@ class CSVLog:
             csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
 
-def clip_or_skip(accelerator, params, clip: float, skip_above: float) -> tuple[float, bool]:
+def clip_or_skip(accelerator, params, clip: float, skip_above: float, sharded: bool = False) -> tuple[float, bool]:
     """After ``backward``: the gradient norm of ``params`` (before clipping), clipped to ``clip``
     when > 0, and whether to apply the step: not when the norm is non-finite (a NaN batch, an inf
     loss) or above ``skip_above`` (> 0). A skipped step must leave the weights, the optimizer state
-    and the EMA as they are; the caller zeroes the gradients."""
+    and the EMA as they are; the caller zeroes the gradients. ``sharded``: the parameters are
+    partly FSDP-sharded (:class:`~.sharding.Sharded`); the norm is then the global one."""
     params = [p for p in params if p.grad is not None]
-    if not params:
+    if not params and not sharded:
         return 0.0, True
-    norm = float(accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+    max_norm = clip if clip > 0 else float("inf")
+    if sharded:
+        accelerator.unscale_gradients()  # fp16: the loss scale out first, as accelerate's own clip does
+        norm = Sharded.clip_grad_norm(params, max_norm)
+    else:
+        norm = float(accelerator.clip_grad_norm_(params, max_norm))
     return norm, math.isfinite(norm) and (skip_above <= 0 or norm <= skip_above)
 
 
@@ -214,11 +236,15 @@ class EMA:
             p.copy_(self.shadow[n].to(p.dtype))
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": {n: t.clone() for n, t in self.shadow.items()}}
+        """The decay and whole shadow tensors (gathered when sharded: collective)."""
+        return {"decay": self.decay, "shadow": full_state(self.shadow.items())}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, like: Optional[dict] = None) -> None:
+        """``like``: ``{name: parameter}``; each shadow tensor is then laid out as its parameter
+        (sharded under FSDP)."""
         self.decay = state["decay"]
-        self.shadow = {n: t.float().clone() for n, t in state["shadow"].items()}
+        self.shadow = {n: (shard_like(t, like[n], torch.float32) if like is not None and n in like else t.float().clone())
+                       for n, t in state["shadow"].items()}
 
 
 def make_accelerator(mixed_precision: str = "no"):
@@ -252,6 +278,13 @@ class TrainingRun:
     def __init__(self, args, log_fields: Sequence[str]):
         self.args = args
         self.accelerator, self.rank, self.world, self.is_main = make_accelerator(args.mixed_precision)
+        # A run started inside another process's run (the default DA-VAE, trained on first use by
+        # the main process while the others wait): one process, no collectives, the process group
+        # left to the outer run.
+        self.local = bool(getattr(args, "in_process", False))
+        if self.local:
+            self.rank, self.world, self.is_main = 0, 1, True
+        self.fsdp = not self.local and fsdp_requested(self.accelerator)  # sharded (.sharding), not DDP-wrapped
         if args.batch_size % self.world:
             raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the process count {self.world}")
         self.out = Path(args.output_dir)
@@ -265,6 +298,23 @@ class TrainingRun:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def distributed(self) -> bool:
+        """Whether accelerate wraps the model (DDP): several processes, neither FSDP nor local."""
+        return self.world > 1 and not self.fsdp
+
+    def main_process_first(self):
+        return contextlib.nullcontext() if self.local else self.accelerator.main_process_first()
+
+    def wait_for_everyone(self) -> None:
+        if not self.local:
+            self.accelerator.wait_for_everyone()
+
+    def end_training(self) -> None:
+        """accelerate's end (which destroys the process group): not for a local run."""
+        if not self.local:
+            self.accelerator.end_training()
 
     def resume_state(self) -> Optional[dict]:
         """The newest loadable checkpoint's state with ``--resume`` (None without it). A newer
@@ -309,7 +359,7 @@ class TrainingRun:
             self.log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", w=f"{row['detail_weight']:.3f}", it_s=f"{row['steps_per_s']:.2f}")
             if self.end_step(step + 1, trainer.checkpoint_state):
-                self.accelerator.end_training()
+                self.end_training()
                 return False
         return True
 
@@ -318,8 +368,11 @@ class TrainingRun:
         the loop must stop here (``--stop-at``: as if the process were killed after it)."""
         args = self.args
         stop = getattr(args, "stop_at", None) is not None and done >= args.stop_at
-        if self.is_main and (done % args.checkpoint_every == 0 or done == args.steps or stop):
-            save_checkpoint(self.checkpoints, done, state(), keep=args.keep_checkpoints)
+        due = done % args.checkpoint_every == 0 or done == args.steps or stop
+        if due and (self.is_main or self.fsdp):  # a sharded state is gathered by every process
+            whole = state()
+            if self.is_main:
+                save_checkpoint(self.checkpoints, done, whole, keep=args.keep_checkpoints)
         if stop:
             self.accelerator.print(f"--stop-at {args.stop_at}: stopping as if killed")
         return stop
@@ -328,7 +381,7 @@ class TrainingRun:
         """Waits for every process; the summary every run reports (recipe, steps, steps skipped by
         the gradient check, processes, seconds, the trainable weights' fingerprint, also written per
         rank)."""
-        self.accelerator.wait_for_everyone()
+        self.wait_for_everyone()
         summary = {"recipe": self.args.recipe, "steps": self.args.steps,
                    "skipped_steps": int(sum(csv_column(self.out / "log.csv", "skipped"))),
                    "processes": self.world, "seconds": round(self.elapsed(), 2), "fingerprint": fingerprint(model)}

@@ -22,13 +22,14 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.sd3 import expand_transformer
 from .cache import atomic_dir, cache_root, is_complete
-from .common import (EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator,
-                     trainable_state)
+from .common import (EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, load_trainable,
+                     step_generator, trainable_state)
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import add_lora, merge_lora
 from .plot import save_curves, save_grid
 from .recipes import DEFAULT_RECIPE, recipe_defaults
+from .sharding import Sharded, full_optimizer_state, load_optimizer_state
 
 DEFAULT_DAVAE_VERSION = "default-davae-v2"
 LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "grad_norm", "skipped", "steps_per_s", "seconds"]
@@ -44,22 +45,27 @@ def finetune(args: argparse.Namespace) -> dict:
         cache, reused = latent_cache(args, run, davae, data, resolution)
         tuner = _Tuner(args, run, original, davae, cache)
         del davae  # the latents are cached; finish() reloads the DA-VAE for the pipeline
-        start = tuner.resume_or_check(run.resume_state(), original)
+        state = run.resume_state()
+        if state is None:
+            tuner.check_step0(original)
         del original
+        tuner.cast_trainable()
+        trainable = tuner.trainable_count()
+        start = tuner.prepare(state)
         summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
-                   "trainable_parameters": tuner.trainable_count(),
-                   "cache_reused": reused, "step0": tuner.step0}
-        tuner.prepare()
+                   "trainable_parameters": trainable, "cache_reused": reused, "step0": tuner.step0,
+                   "fsdp": run.fsdp}
         if not run.loop(tuner, start, "fine-tune"):
             return summary
         summary |= run.finish(tuner.core)
+        model, ema = tuner.unsharded() if not args.no_sample else (None, None)
         if run.is_main:
             tuner.plot_losses()
             if not args.no_sample:
-                summary["pipeline"] = str(finish(tuner.core, tuner.ema, args, run.out, resolution))
+                summary["pipeline"] = str(finish(model, ema, args, run.out, resolution))
             print(summary_lines(summary, run.out))
         run.write_summary(summary)
-        run.accelerator.end_training()
+        run.end_training()
     return summary
 
 
@@ -113,7 +119,7 @@ def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str 
     with atomic_dir(folder) as tmp:
         train_davae(train_vae_parser().parse_args(
             ["--base-vae", model, "--output-dir", str(tmp), *steps, "--recipe", recipe, "--fused",
-             "--mixed-precision", mixed_precision]
+             "--mixed-precision", mixed_precision, "--in-process"]
             + ([] if progress else ["--no-progress"])))
     return str(folder / "davae")
 
@@ -224,9 +230,13 @@ def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed:
 # Training
 # ----------------------------------------------------------------------------------------------
 class TransformerTuner:
-    """What both transformer trainers share: the trainable parameters, a checkpoint's state
-    (written and read back), and handing the model and optimiser to accelerate. A subclass sets
-    ``args``, ``run``, ``transformer``, ``opt``, ``ema`` and ``step0`` and defines ``step``."""
+    """What both transformer trainers share: the trainable parameters, sharding or handing the
+    model to accelerate, the optimiser and EMA built over what results, a checkpoint's state
+    (written whole and read back) and the backward with its gradient check. A subclass sets
+    ``args``, ``run``, ``transformer`` and ``step0`` and defines ``make_optimizer``, ``rebuild``
+    and ``step``."""
+
+    sharded: Optional[Sharded] = None
 
     @staticmethod
     def trainable(model) -> list:
@@ -235,22 +245,66 @@ class TransformerTuner:
     def trainable_count(self) -> int:
         return sum(p.numel() for _, p in self.trainable(self.transformer))
 
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def rebuild(self) -> torch.nn.Module:
+        """A fresh, unsharded copy of the model as built before training (for FSDP's finish)."""
+        raise NotImplementedError
+
+    def prepare(self, state: Optional[dict]) -> int:
+        """Shards the model (FSDP) or hands it to accelerate (DDP, one process), builds the
+        optimiser and the EMA over its trainable weights as they then are, loads ``state`` (a
+        checkpoint's) into them; returns the step to start from."""
+        acc = self.run.accelerator
+        if self.run.fsdp:
+            self.sharded = Sharded(self.transformer, self.run.device)
+        self.opt = self.make_optimizer([p for _, p in self.trainable(self.transformer)])
+        self.ema = EMA(self.trainable(self.transformer), self.args.ema_decay)
+        if self.sharded is None:
+            self.transformer, self.opt = acc.prepare(self.transformer, self.opt)
+        else:  # the optimiser through accelerate all the same: fp16's loss scaling steps it
+            self.opt = acc.prepare(self.opt)
+        self.core = acc.unwrap_model(self.transformer)
+        self.transformer.train()
+        return 0 if state is None else self.load_checkpoint(state)
+
     def load_checkpoint(self, state: dict) -> int:
         """The trained weights, optimiser state, EMA and step-0 record of a checkpoint; its step."""
-        self.transformer.load_state_dict(state["model"], strict=False)
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
+        load_trainable(self.core, state["model"])
+        load_optimizer_state(self.opt, state["optimizer"])
+        self.ema.load_state_dict(state["ema"], like=dict(self.trainable(self.core)))
         self.step0 = state.get("step0")
         return int(state["step"])
 
     def checkpoint_state(self) -> dict:
-        return {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "ema": self.ema.state_dict(),
-                "step0": self.step0}
+        """Whole tensors whether sharded or not (collective under FSDP)."""
+        return {"model": trainable_state(self.core), "optimizer": full_optimizer_state(self.opt),
+                "ema": self.ema.state_dict(), "step0": self.step0}
 
-    def prepare(self) -> None:
-        self.transformer, self.opt = self.run.accelerator.prepare(self.transformer, self.opt)
-        self.core = self.run.accelerator.unwrap_model(self.transformer)
-        self.transformer.train()
+    def backward(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """Backward, the replicated gradients averaged under FSDP, the gradient norm clipped or
+        the step skipped (:func:`.common.clip_or_skip`)."""
+        self.run.accelerator.backward(loss)
+        if self.sharded is not None:
+            self.sharded.sync_grads()
+        return clip_or_skip(self.run.accelerator, [p for _, p in self.trainable(self.core)], self.args.grad_clip,
+                            self.args.skip_grad_norm, sharded=self.sharded is not None)
+
+    def unsharded(self) -> tuple[Optional[torch.nn.Module], Optional[EMA]]:
+        """The trained model and its EMA whole, on the main process (None elsewhere): the model
+        itself without FSDP; under FSDP a :meth:`rebuild` with the gathered trained weights
+        (every process must call this then)."""
+        if self.sharded is None:
+            return self.core, self.ema
+        weights, ema_state = trainable_state(self.core), self.ema.state_dict()
+        if not self.run.is_main:
+            return None, None
+        model = self.rebuild().to(self.run.device)
+        load_trainable(model, weights)
+        ema = EMA([], ema_state["decay"])
+        ema.load_state_dict(ema_state)
+        return model, ema
 
 
 class _Tuner(TransformerTuner):
@@ -258,13 +312,18 @@ class _Tuner(TransformerTuner):
 
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
         self.args, self.run, self.cache = args, run, cache
-        self.order, self.C = davae.config.order, davae.base_channels
+        self.order, self.C, self.D = davae.config.order, davae.base_channels, davae.detail_channels
         self.step0: Optional[dict] = None
         torch.manual_seed(args.seed)  # the LoRA init, whether or not the default models were just built here
-        # The widened model shares the pretrained tensors instead of copying them (a copy is a
-        # second model in memory: 9 GB in float32 at SD3.5-Medium's size); ``original`` is only
-        # read by the step-0 check, before any weight changes, and dropped after it.
-        transformer = expand_transformer(original, davae.detail_channels, init="zero", order=self.order, fused=args.fused,
+        self.transformer = self.widen(original)
+        self.n_warm = args.n_warm if args.n_warm is not None else min(10000, args.steps // 2)
+
+    def widen(self, original):
+        """``original`` widened (sharing its tensors instead of copying them: a copy is a second
+        model in memory, 9 GB in float32 at SD3.5-Medium's size), with LoRA or all weights
+        trainable, gradient checkpointing as asked."""
+        args = self.args
+        transformer = expand_transformer(original, self.D, init="zero", order=self.order, fused=args.fused,
                                          share_weights=True)
         if args.full:
             transformer.requires_grad_(True)
@@ -272,11 +331,17 @@ class _Tuner(TransformerTuner):
             add_lora(transformer, args.lora_rank, args.lora_alpha, [t for t in args.lora_targets.split(",") if t])
         if args.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.transformer = transformer
-        self.ema = EMA(self.trainable(transformer), args.ema_decay)
-        self.opt = torch.optim.AdamW([p for _, p in self.trainable(transformer)], lr=args.lr, betas=(0.9, 0.999),
-                                     weight_decay=0.0)
-        self.n_warm = args.n_warm if args.n_warm is not None else min(10000, args.steps // 2)
+        return transformer
+
+    def rebuild(self):
+        from diffusers import SD3Transformer2DModel
+
+        model = self.widen(SD3Transformer2DModel.from_pretrained(self.args.model, subfolder="transformer"))
+        self.cast_trainable(model)
+        return model
+
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.args.lr, betas=(0.9, 0.999), weight_decay=0.0)
 
     def batch(self, step: int):
         """Step ``step``'s latents, noise, noise levels and text embeddings (10% empty prompts)."""
@@ -293,23 +358,18 @@ class _Tuner(TransformerTuner):
         dev = run.device
         return (x0.to(dev), noise.to(dev), sigmas.to(dev), cache["prompt_embeds"][keys].to(dev), cache["pooled"][keys].to(dev))
 
-    def resume_or_check(self, state: Optional[dict], original) -> int:
-        """The step to start from: a checkpoint's (with the step-0 check it recorded), or 0 after
-        the step-0 check on the first batch."""
-        if state is None:
-            self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
-                                     self.batch(0), self.C, self.order)
-            self.run.accelerator.print(f"step 0: {self.step0}")
-            self._cast_trainable()
-            return 0
-        self._cast_trainable()
-        return self.load_checkpoint(state)
+    def check_step0(self, original) -> None:
+        """The step-0 check on the first batch (not on resume: the checkpoint has the record),
+        then the trained weights cast to ``--trainable-dtype``; before :meth:`prepare`."""
+        self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
+                                 self.batch(0), self.C, self.order)
+        self.run.accelerator.print(f"step 0: {self.step0}")
 
-    def _cast_trainable(self) -> None:
-        """The trained weights to ``--trainable-dtype`` (after the float32 step-0 check, before a
-        checkpoint's weights and optimizer state are loaded into them)."""
+    def cast_trainable(self, model=None) -> None:
+        """The trained weights to ``--trainable-dtype`` (after the float32 step-0 check, before
+        sharding and before a checkpoint's weights and optimizer state are loaded into them)."""
         dtype = trainable_dtype(self.args.trainable_dtype, self.args.mixed_precision)
-        for _, p in self.trainable(self.transformer):
+        for _, p in self.trainable(model if model is not None else self.transformer):
             p.data = p.data.to(dtype)
 
     def step(self, step: int) -> dict:
@@ -324,8 +384,7 @@ class _Tuner(TransformerTuner):
         parts = flow_loss(pred.float(), x0, noise, sigmas, self.C, self.order, w, args.loss_mode, args.min_snr_gamma,
                           snr_sigmas=t / 1000)
         self.opt.zero_grad(set_to_none=True)
-        acc.backward(parts["loss"])
-        norm, apply = clip_or_skip(acc, [p for _, p in self.trainable(self.core)], args.grad_clip, args.skip_grad_norm)
+        norm, apply = self.backward(parts["loss"])
         if apply:
             self.opt.step()
             self.ema.update(self.trainable(self.core))

@@ -27,7 +27,7 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.dit import expand_dit
 from .cache import atomic_dir, cache_root, is_complete
-from .common import EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator
+from .common import EMA, TrainingRun, batch_indices, csv_column, first_last, step_generator
 from .finetune import TransformerTuner, cache_key, default_davae, step0_lines
 from .flow import cosine_velocity_loss, detail_weight, flow_loss, sample_sigmas
 from .plot import save_curves, save_grid
@@ -46,24 +46,28 @@ def finetune_dit(args: argparse.Namespace) -> dict:
         native, davae, resolution = load_models(args, run)
         cache, reused = latent_cache(args, run, davae, resolution)
         tuner = _DiTTuner(args, run, native.transformer, davae, cache)
-        start = tuner.resume_or_check(run.resume_state(), native.transformer)
+        state = run.resume_state()
+        if state is None:
+            tuner.check_step0(native.transformer)
+        trainable = tuner.trainable_count()
+        start = tuner.prepare(state)
         summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
-                   "init": args.init, "classes": native.classes, "trainable_parameters": tuner.trainable_count(),
-                   "cache_reused": reused, "step0": tuner.step0}
-        tuner.prepare()
+                   "init": args.init, "classes": native.classes, "trainable_parameters": trainable,
+                   "cache_reused": reused, "step0": tuner.step0, "fsdp": run.fsdp}
         if not run.loop(tuner, start, "fine-tune DiT"):
             return summary
         summary |= run.finish(tuner.core)
+        model, ema = tuner.unsharded()
         if run.is_main:
             log = run.out / "log.csv"
             summary["losses"] = {k: first_last(csv_column(log, k)) for k in ("loss", "base_mse", "detail_mse", "cosine")}
-            summary["eval_flow"] = evaluate_flow(tuner.core, cache, tuner.C, tuner.order, run.device, args.seed)
+            summary["eval_flow"] = evaluate_flow(model, cache, tuner.C, tuner.order, run.device, args.seed)
             tuner.plot_losses()
             if not args.no_sample:
-                summary["pipeline"] = str(finish(tuner.core, tuner.ema, davae, native, args, run.out, resolution))
+                summary["pipeline"] = str(finish(model, ema, davae, native, args, run.out, resolution))
             print(summary_lines(summary, run.out))
         run.write_summary(summary)
-        run.accelerator.end_training()
+        run.end_training()
     return summary
 
 
@@ -194,23 +198,13 @@ class _DiTTuner(TransformerTuner):
     """The widened DiT, its optimiser and EMA, the per-step batches and the step."""
 
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
-        from .tiny_dit import disable_label_dropout
-
-        self.args, self.run, self.cache = args, run, cache
-        self.order, self.C = davae.config.order, davae.base_channels
+        self.args, self.run, self.cache, self.original = args, run, cache, original
+        self.order, self.C, self.D = davae.config.order, davae.base_channels, davae.detail_channels
         self.channels = davae.base_channels + davae.detail_channels
         self.null = original.config.num_embeds_ada_norm
         self.step0: Optional[dict] = None
         torch.manual_seed(args.seed)  # the "random" init, whether or not the default models were just built here
-        transformer = expand_dit(original, davae.detail_channels, init=args.init, order=self.order, fused=args.fused)
-        transformer.requires_grad_(True)
-        disable_label_dropout(transformer)  # dropped here, deterministically per step
-        if args.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        self.transformer = transformer
-        self.ema = EMA(self.trainable(transformer), args.ema_decay)
-        self.opt = torch.optim.AdamW([p for _, p in self.trainable(transformer)], lr=args.lr,
-                                     betas=(0.9, args.adam_beta2), weight_decay=0.0)
+        self.transformer = self.rebuild()
         self.n_warm = args.n_warm if args.n_warm is not None else min(20000, args.steps // 2)
 
     def batch(self, step: int):
@@ -227,13 +221,25 @@ class _DiTTuner(TransformerTuner):
         dev = run.device
         return x0.to(dev), noise.to(dev), sigmas.to(dev), labels.to(dev)
 
-    def resume_or_check(self, state: Optional[dict], original) -> int:
-        if state is None:
-            self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
-                                     self.batch(0), self.C, self.order)
-            self.run.accelerator.print(f"step 0: {self.step0}")
-            return 0
-        return self.load_checkpoint(state)
+    def rebuild(self):
+        """The pretrained DiT widened (a copy: ``original`` stays the native model), every weight
+        trainable, label dropout moved here (drawn per step from the step's seed)."""
+        from .tiny_dit import disable_label_dropout
+
+        transformer = expand_dit(self.original, self.D, init=self.args.init, order=self.order, fused=self.args.fused)
+        transformer.requires_grad_(True)
+        disable_label_dropout(transformer)
+        if self.args.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        return transformer
+
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.args.lr, betas=(0.9, self.args.adam_beta2), weight_decay=0.0)
+
+    def check_step0(self, original) -> None:
+        self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
+                                 self.batch(0), self.C, self.order)
+        self.run.accelerator.print(f"step 0: {self.step0}")
 
     def step(self, step: int) -> dict:
         args, acc = self.args, self.run.accelerator
@@ -247,8 +253,7 @@ class _DiTTuner(TransformerTuner):
         cosine = cosine_velocity_loss(pred, noise - x0)
         loss = parts["loss"] + args.cosine_weight * cosine
         self.opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        norm, apply = clip_or_skip(acc, [p for _, p in self.trainable(self.core)], args.grad_clip, args.skip_grad_norm)
+        norm, apply = self.backward(loss)
         if apply:
             self.opt.step()
             self.ema.update(self.trainable(self.core))

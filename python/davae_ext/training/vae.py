@@ -23,10 +23,11 @@ from .. import use_backend
 from ..models import losses
 from ..models.davae import DAVAE, load_base_vae
 from .cli import train_crop
-from .common import (TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, step_generator,
+from .common import (TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, load_trainable, step_generator,
                      trainable_state)
 from .data import ImageCaptionFolder, sample_photos
 from .plot import save_curves
+from .sharding import Sharded, average_grads, full_optimizer_state, load_optimizer_state
 
 LOG_FIELDS = ["step", "loss", "l1", "kl", "align", "align_weight", "lpips", "g_loss", "d_loss", "lr", "grad_norm",
               "skipped", "seconds"]
@@ -38,21 +39,21 @@ def train_davae(args: argparse.Namespace) -> dict:
     with use_backend("fused" if args.fused else "reference"):
         run = TrainingRun(args, LOG_FIELDS)
         setup = _setup(args, run)
-        start = setup.resume(run.resume_state())
-        setup.prepare(run)
+        start = setup.prepare(run.resume_state())
         run.begin(start, base_vae_resolved=setup.base_path)
         for step in (bar := run.steps(start, "DA-VAE")):
             row = setup.step(step)
             run.log.write(row | {"seconds": round(run.elapsed(), 3)})
             bar.set_postfix(loss=f"{row['loss']:.4f}", l1=f"{row['l1']:.4f}", align=f"{row['align']:.4f}")
             run.end_step(step + 1, setup.checkpoint_state)
-        summary = run.finish(setup.core)
+        summary = run.finish(setup.core) | {"fsdp": run.fsdp}
+        model = setup.unsharded() if not args.no_eval else None
         if run.is_main and not args.no_eval:
-            summary.update(finish(setup.core, args, run.out, setup.base_path, setup.lpips, setup.data))
+            summary.update(finish(model, args, run.out, setup.base_path, setup.lpips, setup.data))
         run.write_summary(summary)
         if run.is_main:
             print(summary_lines(summary, run.out))
-        run.accelerator.end_training()
+        run.end_training()
     return summary
 
 
@@ -104,42 +105,61 @@ class _Setup:
             model.enable_gradient_checkpointing()
         self.lpips = losses.LPIPS(args.lpips_weights).to(run.device) if args.lpips_weights else None
         self.align_weight = losses.AlignWeight(args.align_weight, args.align_mode)
-        self.opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.99))
-        self.disc = self.disc_opt = None
-        if args.gan:
-            self.disc = losses.PatchDiscriminator()
-            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lr_lambda(args.lr_schedule, args.lr_warmup, args.steps))
+        self.disc = losses.PatchDiscriminator() if args.gan else None
+        self.sharded: Optional[Sharded] = None
 
-    def resume(self, state: Optional[dict]) -> int:
+    def prepare(self, state: Optional[dict]) -> int:
+        """Shards the model (FSDP; the discriminator stays replicated) or hands model and
+        discriminator to accelerate (DDP, one process), builds the optimisers over the weights as
+        they then are, loads ``state`` (a checkpoint's); returns the step to start from."""
+        args, acc = self.args, self.run.accelerator
+        if self.run.fsdp:
+            self.sharded = Sharded(self.model, self.run.device, methods=("base_reconstruction",))
+        self.opt = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.99))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(args.lr_schedule, args.lr_warmup, args.steps))
+        self.disc_opt = None if self.disc is None else torch.optim.AdamW(
+            self.disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        if self.run.distributed and self.disc is not None:
+            self.model, self.opt, self.disc, self.disc_opt = acc.prepare(self.model, self.opt, self.disc, self.disc_opt)
+        elif self.run.distributed:
+            self.model, self.opt = acc.prepare(self.model, self.opt)
+        else:  # one process, or FSDP (sharded above): the optimisers through accelerate for fp16's loss scaling
+            self.model.to(self.run.device)
+            self.opt = acc.prepare(self.opt)
+            if self.disc is not None:
+                self.disc.to(self.run.device)
+                self.disc_opt = acc.prepare(self.disc_opt)
+        self.core = acc.unwrap_model(self.model)
+        self.enc_last = self.core.detail_down.conv.weight
+        self.dec_last = self.core.decoder.conv_out.weight
+        self.model.train()
+        return 0 if state is None else self.resume(state)
+
+    def resume(self, state: dict) -> int:
         """Loads a checkpoint's state; returns the step to start from."""
-        if state is None:
-            return 0
-        missing = set(trainable_state(self.model)) - set(state["model"])
-        if missing:
-            raise ValueError(f"--resume: the checkpoint lacks {len(missing)} trainable tensors (e.g. "
-                             f"{sorted(missing)[0]}); was it written with other model flags?")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.opt.load_state_dict(state["optimizer"])
+        load_trainable(self.core, state["model"])
+        load_optimizer_state(self.opt, state["optimizer"])
         if self.disc is not None and "disc" in state:
-            self.disc.load_state_dict(state["disc"])
+            acc = self.run.accelerator
+            acc.unwrap_model(self.disc).load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
         start = int(state["step"])
         for _ in range(start):
             self.schedule.step()
         return start
 
-    def prepare(self, run: TrainingRun) -> None:
-        acc = run.accelerator
-        if self.disc is not None:
-            self.model, self.opt, self.disc, self.disc_opt = acc.prepare(self.model, self.opt, self.disc, self.disc_opt)
-        else:
-            self.model, self.opt = acc.prepare(self.model, self.opt)
-        self.core = acc.unwrap_model(self.model)
-        self.enc_last = self.core.detail_down.conv.weight
-        self.dec_last = self.core.decoder.conv_out.weight
-        self.model.train()
+    def unsharded(self) -> Optional[DAVAE]:
+        """The trained model whole on the main process (None elsewhere): itself without FSDP; under
+        FSDP a fresh one built as :func:`_setup` builds it, with the gathered trained weights
+        (every process must call this then)."""
+        if self.sharded is None:
+            return self.core
+        weights = trainable_state(self.core)
+        if not self.run.is_main:
+            return None
+        model = build_model(self.args, self.base_path).to(self.run.device)
+        load_trainable(model, weights)
+        return model
 
     def batch(self, step: int):
         args, run = self.args, self.run
@@ -179,7 +199,10 @@ class _Setup:
                 loss = loss + args.gan_weight * losses.grad_norm_ratio(rec_loss, g_loss, self.dec_last, 1e4) * g_loss
         self.opt.zero_grad(set_to_none=True)
         acc.backward(loss)
-        norm, apply = clip_or_skip(acc, self.model.parameters(), args.grad_clip, args.skip_grad_norm)
+        if self.sharded is not None:
+            self.sharded.sync_grads()
+        norm, apply = clip_or_skip(acc, self.model.parameters(), args.grad_clip, args.skip_grad_norm,
+                                   sharded=self.sharded is not None)
         if apply:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -190,6 +213,8 @@ class _Setup:
                 d_loss = losses.hinge_d_loss(self.disc(x), self.disc(rec.detach()))
             self.disc_opt.zero_grad(set_to_none=True)
             acc.backward(d_loss)
+            if self.sharded is not None:  # the discriminator is replicated, not DDP-wrapped
+                average_grads(self.disc.parameters())
             if clip_or_skip(acc, self.disc.parameters(), 0.0, 0.0)[1]:
                 self.disc_opt.step()
             self.disc_opt.zero_grad(set_to_none=True)
@@ -198,7 +223,8 @@ class _Setup:
                 "lr": self.schedule.get_last_lr()[0], "grad_norm": norm, "skipped": int(not apply)}
 
     def checkpoint_state(self) -> dict:
-        state = {"model": trainable_state(self.core), "optimizer": self.opt.state_dict(), "args": vars(self.args)}
+        """Whole tensors whether sharded or not (collective under FSDP)."""
+        state = {"model": trainable_state(self.core), "optimizer": full_optimizer_state(self.opt), "args": vars(self.args)}
         if self.disc is not None:
             state["disc"] = self.run.accelerator.unwrap_model(self.disc).state_dict()
             state["disc_optimizer"] = self.disc_opt.state_dict()
@@ -207,14 +233,18 @@ class _Setup:
 
 def _setup(args, run: TrainingRun) -> _Setup:
     """The model and the run, from arguments :func:`.cli.check_train_vae` has checked."""
-    with run.accelerator.main_process_first():  # a first-use tiny build runs once, in the main process
+    with run.main_process_first():  # a first-use tiny build runs once, in the main process
         base_path = args.base_vae or str(_tiny(args.quick_default, run.progress))
     torch.manual_seed(args.seed)  # the new blocks' init, whether or not the tiny model was just built here
-    model = DAVAE.from_base_vae(load_base_vae(base_path), detail_channels=args.detail_channels, order=args.order,
-                                freeze_detail_trunk=args.freeze_detail_trunk, init_from_base=args.init_from_base,
-                                detail_dropout=args.detail_dropout, init_up_block=args.init_up_block,
-                                latent_norm=args.latent_norm)
-    return _Setup(args, run, base_path, model, train_crop(args))
+    return _Setup(args, run, base_path, build_model(args, base_path), train_crop(args))
+
+
+def build_model(args, base_path: str) -> DAVAE:
+    """The DA-VAE ``args`` describe, built on the VAE at ``base_path``."""
+    return DAVAE.from_base_vae(load_base_vae(base_path), detail_channels=args.detail_channels, order=args.order,
+                               freeze_detail_trunk=args.freeze_detail_trunk, init_from_base=args.init_from_base,
+                               detail_dropout=args.detail_dropout, init_up_block=args.init_up_block,
+                               latent_norm=args.latent_norm)
 
 
 def _tiny(quick: bool, progress: bool) -> Path:
