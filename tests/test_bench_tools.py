@@ -82,3 +82,30 @@ def test_benchmark_rows_are_appended_as_they_finish(tmp_path):
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", os.path.join(BENCH, "gpu_check.sh")], check=True)
+
+
+def test_memory_model_arithmetic():
+    """bench/memory_model.py's per-GPU sums: FSDP divides the blocks' weights and optimiser state by
+    the GPU count and leaves the replicated rest; checkpointing keeps the block inputs and one
+    block's activations twice; the largest batch fills the H200 budget and no more."""
+    sys.path.insert(0, BENCH)
+    try:
+        import memory_model as mm
+    finally:
+        sys.path.remove(BENCH)
+    c = {"total": 1000, "blocks": 900, "replicated": 100, "lora": 90, "embed_head": 10, "layers": 3, "hidden": 4,
+         "dual_layers": 1}
+    act = {"dual": 3.0 * mm.GIB, "plain": 2.0 * mm.GIB}
+    ddp = mm.per_gpu(c, act, 10, "lora", "ddp", 1, False, 2, 0.0)
+    assert ddp["weights_gib"] * mm.GIB == 900 * 2 + 90 * 2 + 90 * 12 + 10 * 12
+    fsdp = mm.per_gpu(c, act, 10, "lora", "fsdp", 8, False, 2, 0.0)
+    assert fsdp["weights_gib"] * mm.GIB == 900 * 2 / 8 + 90 * 2 + 90 * 12 / 8 + 10 * 12
+    assert fsdp["gathered_gib"] * mm.GIB == 2 * 300 * 2 and ddp["gathered_gib"] == 0
+    assert ddp["per_image_gib"] == 3.0 + 2 * 2.0  # no checkpointing: every block's activations
+    ckpt = mm.per_gpu(c, act, 10, "full", "ddp", 1, True, 2, 0.0)
+    assert ckpt["per_image_gib"] * mm.GIB == 3 * ((10 + mm.TEXT_TOKENS) * 4 * 4 + 4 * 4) + 2 * 3.0 * mm.GIB
+    assert ckpt["weights_gib"] * mm.GIB == 1000 * 12
+    n = mm.largest_batch(ddp, 0.1)
+    budget = mm.H200_GIB * 0.9
+    fixed = ddp["total_gib"] - ddp["per_image_gib"]
+    assert fixed + n * ddp["per_image_gib"] <= budget < fixed + (n + 1) * ddp["per_image_gib"]

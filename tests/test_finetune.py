@@ -84,6 +84,7 @@ def test_lora_run_outputs_and_step0_identity(lora_run):
     assert step0["max_abs_detail_prediction"] == 0.0  # zero-init detail output
     assert step0["base_loss_expanded"] == pytest.approx(step0["base_loss_original"], rel=1e-5)
     assert len(losses(out)) == 4
+    assert 0.2 < s["peak_rss_gib"] < 20  # this process's peak resident memory, from getrusage
 
 
 def test_resume_passes_over_a_truncated_checkpoint(lora_run, tmp_path):
@@ -174,12 +175,16 @@ def test_synthetic_data_is_resumable_and_trains(quick_pipeline, tmp_path):
 def test_fused_bf16_mixed_precision(quick_pipeline, tmp_path):
     """--fused under bf16 autocast: the widened patch embed runs in bf16 like the Conv2d it
     replaces (csrc/autocast.cpp); the step-0 check and the losses stay finite and close to the
-    unfused run's."""
-    fused, plain = tmp_path / "fused", tmp_path / "plain"
+    unfused run's. The frozen weights are bfloat16 there (``--frozen-dtype auto``): autocast
+    computes with them in bf16 anyway, so the losses stay those of float32 frozen weights."""
+    fused, plain, frozen32 = tmp_path / "fused", tmp_path / "plain", tmp_path / "frozen32"
     run([*FAST, "--steps", "2", "--no-sample", "--mixed-precision", "bf16", "--fused", "--output-dir", str(fused)])
     run([*FAST, "--steps", "2", "--no-sample", "--mixed-precision", "bf16", "--output-dir", str(plain)])
+    run([*FAST, "--steps", "2", "--no-sample", "--mixed-precision", "bf16", "--frozen-dtype", "float32",
+         "--output-dir", str(frozen32)])
     a, b = losses(fused), losses(plain)
     assert all(math.isfinite(x) for x in a) and a == pytest.approx(b, rel=0.05)
+    assert losses(frozen32) == pytest.approx(b, rel=0.01)
 
 
 def test_a_nan_batch_is_skipped_and_resume_after_it_is_exact(quick_pipeline, tmp_path):

@@ -84,6 +84,7 @@ CASES = [
     ("finetune_sd35", ["--prompts", "{root}/empty_prompts.txt", "--synthetic", "2"], "--prompts"),
     ("finetune_sd35", ["--resume"], "--resume"),
     ("finetune_sd35", ["--trainable-dtype", "bfloat16"], "--trainable-dtype"),
+    ("finetune_sd35", ["--frozen-dtype", "bfloat16"], "--frozen-dtype"),
     ("finetune_sd35", ["--recipe", "mine"], "--recipe"),
     ("make_synthetic_data", ["--count", "0"], "--count"),
     ("make_synthetic_data", ["--model", "{root}/not_a_model"], "--model"),

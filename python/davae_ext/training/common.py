@@ -257,6 +257,16 @@ def make_accelerator(mixed_precision: str = "no"):
     return acc, acc.process_index, acc.num_processes, acc.is_main_process
 
 
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak resident memory so far (GiB) and, on CUDA, the peak allocated by torch."""
+    import resource
+
+    peak = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    if device.type == "cuda":
+        peak["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+    return peak
+
+
 def write_rank_fingerprint(out: os.PathLike, rank: int, world: int, digest: str) -> None:
     """With several processes, each writes ``ranks/rank<r>.json`` with its weights' fingerprint
     (data-parallel replicas must end identical)."""
@@ -380,11 +390,12 @@ class TrainingRun:
     def finish(self, model: torch.nn.Module) -> dict:
         """Waits for every process; the summary every run reports (recipe, steps, steps skipped by
         the gradient check, processes, seconds, the trainable weights' fingerprint, also written per
-        rank)."""
+        rank, and the peak memory of training: :func:`peak_memory`, before any final sampling)."""
         self.wait_for_everyone()
         summary = {"recipe": self.args.recipe, "steps": self.args.steps,
                    "skipped_steps": int(sum(csv_column(self.out / "log.csv", "skipped"))),
-                   "processes": self.world, "seconds": round(self.elapsed(), 2), "fingerprint": fingerprint(model)}
+                   "processes": self.world, "seconds": round(self.elapsed(), 2), "fingerprint": fingerprint(model),
+                   **peak_memory(self.device)}
         write_rank_fingerprint(self.out, self.rank, self.world, summary["fingerprint"])
         return summary
 

@@ -49,7 +49,7 @@ def finetune(args: argparse.Namespace) -> dict:
         if state is None:
             tuner.check_step0(original)
         del original
-        tuner.cast_trainable()
+        tuner.cast_weights()
         trainable = tuner.trainable_count()
         start = tuner.prepare(state)
         summary = {"model": args.model, "davae": args.davae, "resolution": resolution, "n_warm": tuner.n_warm,
@@ -237,6 +237,7 @@ class TransformerTuner:
     and ``step``."""
 
     sharded: Optional[Sharded] = None
+    replicate: tuple = ()  # modules inside a block used outside its forward (see Sharded)
 
     @staticmethod
     def trainable(model) -> list:
@@ -258,7 +259,7 @@ class TransformerTuner:
         checkpoint's) into them; returns the step to start from."""
         acc = self.run.accelerator
         if self.run.fsdp:
-            self.sharded = Sharded(self.transformer, self.run.device)
+            self.sharded = Sharded(self.transformer, self.run.device, replicate=self.replicate)
         self.opt = self.make_optimizer([p for _, p in self.trainable(self.transformer)])
         self.ema = EMA(self.trainable(self.transformer), self.args.ema_decay)
         if self.sharded is None:
@@ -337,7 +338,7 @@ class _Tuner(TransformerTuner):
         from diffusers import SD3Transformer2DModel
 
         model = self.widen(SD3Transformer2DModel.from_pretrained(self.args.model, subfolder="transformer"))
-        self.cast_trainable(model)
+        self.cast_weights(model)
         return model
 
     def make_optimizer(self, params: list) -> torch.optim.Optimizer:
@@ -360,17 +361,19 @@ class _Tuner(TransformerTuner):
 
     def check_step0(self, original) -> None:
         """The step-0 check on the first batch (not on resume: the checkpoint has the record),
-        then the trained weights cast to ``--trainable-dtype``; before :meth:`prepare`."""
+        then the weights cast (:meth:`cast_weights`); before :meth:`prepare`."""
         self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
                                  self.batch(0), self.C, self.order)
         self.run.accelerator.print(f"step 0: {self.step0}")
 
-    def cast_trainable(self, model=None) -> None:
-        """The trained weights to ``--trainable-dtype`` (after the float32 step-0 check, before
-        sharding and before a checkpoint's weights and optimizer state are loaded into them)."""
-        dtype = trainable_dtype(self.args.trainable_dtype, self.args.mixed_precision)
-        for _, p in self.trainable(model if model is not None else self.transformer):
-            p.data = p.data.to(dtype)
+    def cast_weights(self, model=None) -> None:
+        """The trained weights to ``--trainable-dtype``, the frozen ones to ``--frozen-dtype``
+        (after the float32 step-0 check, before sharding and before a checkpoint's weights and
+        optimizer state are loaded)."""
+        trained = trainable_dtype(self.args.trainable_dtype, self.args.mixed_precision)
+        frozen = trainable_dtype(self.args.frozen_dtype, self.args.mixed_precision)
+        for p in (model if model is not None else self.transformer).parameters():
+            p.data = p.data.to(trained if p.requires_grad else frozen)
 
     def step(self, step: int) -> dict:
         args, acc = self.args, self.run.accelerator
@@ -400,7 +403,8 @@ class _Tuner(TransformerTuner):
 
 
 def trainable_dtype(name: str, mixed_precision: str) -> torch.dtype:
-    """``--trainable-dtype``: 'auto' is bfloat16 under bf16 mixed precision, else float32."""
+    """``--trainable-dtype`` / ``--frozen-dtype``: 'auto' is bfloat16 under bf16 mixed precision,
+    else float32."""
     if name == "auto":
         return torch.bfloat16 if mixed_precision == "bf16" else torch.float32
     return getattr(torch, name)
@@ -458,7 +462,7 @@ def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
     pipe.scheduler.register_to_config(shift=args.shift)
     pipe.sampling_defaults = sampling_defaults(args)
     pipe.save_pretrained(out / "pipeline")
-    prompts = list(DEFAULT_PROMPTS)
+    prompts = list(DEFAULT_PROMPTS)[:args.sample_prompts]
     negative = pipe.sampling_defaults["negative_prompt"] or None
     images = pipe(prompts, negative_prompt=negative, height=resolution, width=resolution,
                   num_inference_steps=args.sample_steps, guidance_scale=args.guidance,

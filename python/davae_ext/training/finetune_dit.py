@@ -197,6 +197,8 @@ def build_cache(davae: DAVAE, data: str, resolution: int, args, folder: Path, pr
 class _DiTTuner(TransformerTuner):
     """The widened DiT, its optimiser and EMA, the per-step batches and the step."""
 
+    replicate = ("transformer_blocks.0.norm1.emb",)  # diffusers' DiT conditions its output head with it
+
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
         self.args, self.run, self.cache, self.original = args, run, cache, original
         self.order, self.C, self.D = davae.config.order, davae.base_channels, davae.detail_channels
