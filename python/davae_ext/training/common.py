@@ -191,6 +191,29 @@ def clip_or_skip(accelerator, params, clip: float, skip_above: float, sharded: b
     return norm, math.isfinite(norm) and (skip_above <= 0 or norm <= skip_above)
 
 
+def backward_and_clip(accelerator, loss: torch.Tensor, params, clip: float, skip_above: float,
+                      sharded: Optional[Sharded] = None) -> tuple[float, bool]:
+    """accelerate's backward, then under FSDP the replicated gradients averaged over the processes,
+    then :func:`clip_or_skip` (with the global norm when sharded)."""
+    accelerator.backward(loss)
+    if sharded is not None:
+        sharded.sync_grads()
+    return clip_or_skip(accelerator, params, clip, skip_above, sharded=sharded is not None)
+
+
+def rebuilt_whole(model: torch.nn.Module, rebuild: Callable[[], torch.nn.Module], is_main: bool,
+                  device: torch.device) -> Optional[torch.nn.Module]:
+    """A sharded ``model`` whole, on the main process (None elsewhere): ``rebuild()`` (the model
+    as built before training, unsharded) with ``model``'s trained weights gathered into it.
+    Collective: every process must call it."""
+    weights = trainable_state(model)
+    if not is_main:
+        return None
+    whole = rebuild().to(device)
+    load_trainable(whole, weights)
+    return whole
+
+
 def first_last(values: Sequence[float], fraction: float = 0.1) -> tuple[float, float]:
     """Means of the first and the last ``fraction`` of a curve (at least one value each);
     non-finite values (skipped steps) are left out."""

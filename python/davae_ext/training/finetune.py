@@ -22,8 +22,8 @@ from ..channels import split_channels
 from ..models.davae import DAVAE
 from ..models.sd3 import expand_transformer
 from .cache import atomic_dir, cache_root, is_complete
-from .common import (EMA, TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, load_trainable,
-                     step_generator, trainable_state)
+from .common import (EMA, TrainingRun, backward_and_clip, batch_indices, csv_column, first_last, load_trainable,
+                     rebuilt_whole, step_generator, trainable_state)
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import add_lora, merge_lora
@@ -284,13 +284,9 @@ class TransformerTuner:
                 "ema": self.ema.state_dict(), "step0": self.step0}
 
     def backward(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """Backward, the replicated gradients averaged under FSDP, the gradient norm clipped or
-        the step skipped (:func:`.common.clip_or_skip`)."""
-        self.run.accelerator.backward(loss)
-        if self.sharded is not None:
-            self.sharded.sync_grads()
-        return clip_or_skip(self.run.accelerator, [p for _, p in self.trainable(self.core)], self.args.grad_clip,
-                            self.args.skip_grad_norm, sharded=self.sharded is not None)
+        """:func:`.common.backward_and_clip` over the trained weights."""
+        return backward_and_clip(self.run.accelerator, loss, [p for _, p in self.trainable(self.core)],
+                                 self.args.grad_clip, self.args.skip_grad_norm, self.sharded)
 
     def unsharded(self) -> tuple[Optional[torch.nn.Module], Optional[EMA]]:
         """The trained model and its EMA whole, on the main process (None elsewhere): the model
@@ -298,11 +294,10 @@ class TransformerTuner:
         (every process must call this then)."""
         if self.sharded is None:
             return self.core, self.ema
-        weights, ema_state = trainable_state(self.core), self.ema.state_dict()
-        if not self.run.is_main:
+        ema_state = self.ema.state_dict()
+        model = rebuilt_whole(self.core, self.rebuild, self.run.is_main, self.run.device)
+        if model is None:
             return None, None
-        model = self.rebuild().to(self.run.device)
-        load_trainable(model, weights)
         ema = EMA([], ema_state["decay"])
         ema.load_state_dict(ema_state)
         return model, ema

@@ -23,8 +23,8 @@ from .. import use_backend
 from ..models import losses
 from ..models.davae import DAVAE, load_base_vae
 from .cli import train_crop
-from .common import (TrainingRun, batch_indices, clip_or_skip, csv_column, first_last, load_trainable, step_generator,
-                     trainable_state)
+from .common import (TrainingRun, backward_and_clip, batch_indices, clip_or_skip, csv_column, first_last,
+                     load_trainable, rebuilt_whole, step_generator, trainable_state)
 from .data import ImageCaptionFolder, sample_photos
 from .plot import save_curves
 from .sharding import Sharded, average_grads, full_optimizer_state, load_optimizer_state
@@ -154,12 +154,7 @@ class _Setup:
         (every process must call this then)."""
         if self.sharded is None:
             return self.core
-        weights = trainable_state(self.core)
-        if not self.run.is_main:
-            return None
-        model = build_model(self.args, self.base_path).to(self.run.device)
-        load_trainable(model, weights)
-        return model
+        return rebuilt_whole(self.core, lambda: build_model(self.args, self.base_path), self.run.is_main, self.run.device)
 
     def batch(self, step: int):
         args, run = self.args, self.run
@@ -198,11 +193,8 @@ class _Setup:
             if gan_on:
                 loss = loss + args.gan_weight * losses.grad_norm_ratio(rec_loss, g_loss, self.dec_last, 1e4) * g_loss
         self.opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if self.sharded is not None:
-            self.sharded.sync_grads()
-        norm, apply = clip_or_skip(acc, self.model.parameters(), args.grad_clip, args.skip_grad_norm,
-                                   sharded=self.sharded is not None)
+        norm, apply = backward_and_clip(acc, loss, self.model.parameters(), args.grad_clip, args.skip_grad_norm,
+                                        self.sharded)
         if apply:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
