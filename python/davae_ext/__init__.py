@@ -5,7 +5,7 @@ The package is in three layers, each importing only the ones below it:
 - the kernel library: :mod:`.ops` (the compiled ops), :mod:`.reference` (their pure-PyTorch
   twins), :mod:`.channels`, the extension loader and backend switch (:func:`use_backend`);
 - the models: :mod:`.nn` (drop-in modules) and :mod:`.models` (``DAVAE``, the widened SD3
-  transformer, the pipeline, the losses);
+  and FLUX transformers, the pipelines, the losses);
 - :mod:`.training`: the training and data stack the scripts in ``train/`` run.
 
 ``import davae_ext`` loads the kernel library only; the models load on first use.
@@ -23,6 +23,9 @@ _LAZY = {
     "DAVAESD3Transformer2DModel": "models.sd3",
     "expand_transformer": "models.sd3",
     "DAVAEStableDiffusion3Pipeline": "models.pipeline",
+    "DAVAEFluxTransformer2DModel": "models.flux",
+    "expand_flux_transformer": "models.flux",
+    "DAVAEFluxPipeline": "models.flux_pipeline",
 }
 
 

@@ -29,3 +29,18 @@ def check_complete(new: torch.nn.Module, owner: str) -> None:
     leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"{owner}: tensors not carried over from the pretrained model: {leftover}")
+
+
+def widen(pretrained: torch.nn.Module, new_cls, config: dict, widened: dict, share_weights: bool,
+          owner: str) -> torch.nn.Module:
+    """``new_cls(**config)`` built on the meta device, ``pretrained``'s tensors carried over except
+    those of the ``widened`` modules (name -> the widened module, already built from the
+    pretrained one), checked complete; gradient checkpointing and train/eval mode as the input's."""
+    with torch.device("meta"):
+        new = new_cls(**config)
+    carry_over(new, pretrained, tuple(f"{name}." for name in widened), share_weights, owner)
+    for name, module in widened.items():
+        setattr(new, name, module)
+    check_complete(new, owner)
+    new.gradient_checkpointing = pretrained.gradient_checkpointing
+    return new.train(pretrained.training)

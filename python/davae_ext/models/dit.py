@@ -33,7 +33,7 @@ from torch import nn
 from .. import _validate
 from ..nn import DetailPatchEmbed, DetailProjOut
 from ..nn._init import check_channels, check_init
-from ._widen import carry_over, check_complete
+from ._widen import widen
 
 __all__ = ["DAVAEDiTTransformer2DModel", "expand_dit", "expand_dit_modules", "head_groups"]
 # ModelMixin is imported for diffusers' pipeline loader (see models/sd3.py).
@@ -158,15 +158,14 @@ def expand_dit(
     groups = head_groups(transformer.proj_out_2.out_features, p, C, owner)
     cfg.update(in_channels=C + detail_channels,
                out_channels=None if cfg.get("out_channels") is None else groups * (C + detail_channels))
-    with torch.device("meta"):
-        new = DAVAEDiTTransformer2DModel(**cfg, detail_channels=detail_channels, channel_order=order, fused=fused)
-    carry_over(new, transformer, ("pos_embed.", "proj_out_2."), share_weights, owner)
-    new.pos_embed = DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused)
-    new.proj_out_2 = DetailProjOut.from_linear(transformer.proj_out_2, C, detail_channels, p, init, order, groups,
-                                               fused)
-    check_complete(new, owner)
-    new.gradient_checkpointing = transformer.gradient_checkpointing
-    return new.train(transformer.training)
+    widened = {
+        "pos_embed": DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused),
+        "proj_out_2": DetailProjOut.from_linear(transformer.proj_out_2, C, detail_channels, p, init, order, groups,
+                                                fused),
+    }
+    return widen(transformer, DAVAEDiTTransformer2DModel,
+                 dict(cfg, detail_channels=detail_channels, channel_order=order, fused=fused), widened, share_weights,
+                 owner)
 
 
 def _parent(model: nn.Module, path: str, owner: str) -> tuple[nn.Module, str]:

@@ -33,12 +33,76 @@ SAMPLING_DEFAULTS_FILE = "sampling_defaults.json"
 _CALL_DEFAULTS = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative_prompt": "negative_prompt"}
 
 
-class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
+class DAVAEPipelineMixin:
+    """What the DA-VAE text-to-image pipelines (SD3, FLUX) share: the component checks, the
+    ``sampling_defaults`` side file, the call defaults and the DA-VAE decode."""
+
+    sampling_defaults: dict = {}
+    call_defaults = _CALL_DEFAULTS  # sampling_defaults key -> the call's keyword
+
+    @staticmethod
+    def check_components(owner: str, vae, transformer, transformer_cls, latent_channels: int) -> None:
+        """``vae`` is a DA-VAE, ``transformer`` a ``transformer_cls`` whose ``latent_channels`` and
+        channel order are the DA-VAE's."""
+        if not isinstance(vae, DAVAE):
+            raise TypeError(f"{owner}: 'vae' must be a davae_ext.DAVAE, got {type(vae).__name__}")
+        if not isinstance(transformer, transformer_cls):
+            raise TypeError(f"{owner}: 'transformer' must be a {transformer_cls.__name__} (see davae_ext.models), "
+                            f"got {type(transformer).__name__}")
+        total = vae.base_channels + vae.detail_channels
+        if latent_channels != total or transformer.config.detail_channels != vae.detail_channels:
+            raise ValueError(f"{owner}: the transformer has {latent_channels} latent channels "
+                             f"({transformer.config.detail_channels} detail); the DA-VAE has {total} "
+                             f"({vae.detail_channels} detail)")
+        if transformer.config.channel_order != vae.config.order:
+            raise ValueError(f"{owner}: channel order differs: transformer {transformer.config.channel_order!r}, "
+                             f"DA-VAE {vae.config.order!r}")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.sampling_defaults:
+            with open(os.path.join(save_directory, SAMPLING_DEFAULTS_FILE), "w") as f:
+                json.dump(self.sampling_defaults, f, indent=1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        path = os.path.join(str(pretrained_model_name_or_path), SAMPLING_DEFAULTS_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                pipe.sampling_defaults = json.load(f)
+        return pipe
+
+    def with_call_defaults(self, args: tuple, kwargs: dict) -> dict:
+        """``kwargs`` with the stored steps, guidance and negative prompt where a call gives none."""
+        if not args:  # positional arguments after the prompt would shadow these keywords
+            for key, name in self.call_defaults.items():
+                given = name in kwargs or (key == "negative_prompt" and "negative_prompt_embeds" in kwargs)
+                if not given and self.sampling_defaults.get(key):
+                    kwargs[name] = self.sampling_defaults[key]
+        return kwargs
+
+    def tokens(self, height: int, width: int) -> int:
+        """Transformer tokens of a ``height`` x ``width`` image."""
+        cell = self.vae_scale_factor * self.patch_size
+        return (height // cell) * (width // cell)
+
+    def check_size(self, height: int, width: int, patch: int) -> None:
+        multiple = self.vae_scale_factor * patch
+        if height % multiple or width % multiple:
+            raise ValueError(f"{type(self).__name__}: height and width must be multiples of {multiple} "
+                             f"(DA-VAE factor {self.vae_scale_factor} x patch size {patch}), got {height} x {width}")
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised C + D latent [B, C + D, h, w] -> image in [-1, 1] (unclamped)."""
+        raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+        return self.vae.decode(raw).sample
+
+
+class DAVAEStableDiffusion3Pipeline(DAVAEPipelineMixin, StableDiffusion3Pipeline):
     """``height`` / ``width`` are the output image's; they must be multiples of the DA-VAE's
     spatial factor times the transformer's patch size. ``output_type="latent"`` returns the
     normalised C + D latent the transformer produced."""
-
-    sampling_defaults: dict = {}
 
     def __init__(self, transformer: DAVAESD3Transformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,
                  vae: DAVAE, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
@@ -46,19 +110,8 @@ class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         # The text encoders and tokenizers have no defaults (diffusers treats parameters with a
         # default as options, not components); pass None for any of them to use prompt_embeds.
         DiffusionPipeline.__init__(self)
-        if not isinstance(vae, DAVAE):
-            raise TypeError(f"DAVAEStableDiffusion3Pipeline: 'vae' must be a davae_ext.DAVAE, got {type(vae).__name__}")
-        if not isinstance(transformer, DAVAESD3Transformer2DModel):
-            raise TypeError("DAVAEStableDiffusion3Pipeline: 'transformer' must be a DAVAESD3Transformer2DModel "
-                            f"(see davae_ext.models.sd3.expand_transformer), got {type(transformer).__name__}")
-        total = vae.base_channels + vae.detail_channels
-        if transformer.config.in_channels != total or transformer.config.detail_channels != vae.detail_channels:
-            raise ValueError(f"DAVAEStableDiffusion3Pipeline: the transformer has {transformer.config.in_channels} latent "
-                             f"channels ({transformer.config.detail_channels} detail); the DA-VAE has {total} "
-                             f"({vae.detail_channels} detail)")
-        if transformer.config.channel_order != vae.config.order:
-            raise ValueError(f"DAVAEStableDiffusion3Pipeline: channel order differs: transformer "
-                             f"{transformer.config.channel_order!r}, DA-VAE {vae.config.order!r}")
+        self.check_components("DAVAEStableDiffusion3Pipeline", vae, transformer, DAVAESD3Transformer2DModel,
+                              transformer.config.in_channels)
         self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                               text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
                               tokenizer_3=tokenizer_3, transformer=transformer, scheduler=scheduler,
@@ -77,40 +130,13 @@ class DAVAEStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                    tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
                    text_encoder_3=pipe.text_encoder_3, tokenizer_3=pipe.tokenizer_3)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.sampling_defaults:
-            with open(os.path.join(save_directory, SAMPLING_DEFAULTS_FILE), "w") as f:
-                json.dump(self.sampling_defaults, f, indent=1)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        path = os.path.join(str(pretrained_model_name_or_path), SAMPLING_DEFAULTS_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                pipe.sampling_defaults = json.load(f)
-        return pipe
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised C + D latent -> image in [-1, 1] (unclamped)."""
-        raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
-        return self.vae.decode(raw).sample
-
     @torch.no_grad()
     def __call__(self, prompt=None, *args, height: Optional[int] = None, width: Optional[int] = None,
                  output_type: str = "pil", return_dict: bool = True, **kwargs):
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
-        multiple = self.vae_scale_factor * self.patch_size
-        if height % multiple or width % multiple:
-            raise ValueError(f"DAVAEStableDiffusion3Pipeline: height and width must be multiples of {multiple} "
-                             f"(DA-VAE factor {self.vae_scale_factor} x patch size {self.patch_size}), got {height} x {width}")
-        if not args:  # positional arguments after the prompt would shadow these keywords
-            for key, name in _CALL_DEFAULTS.items():
-                given = name in kwargs or (key == "negative_prompt" and "negative_prompt_embeds" in kwargs)
-                if not given and self.sampling_defaults.get(key):
-                    kwargs[name] = self.sampling_defaults[key]
+        self.check_size(height, width, self.patch_size)
+        kwargs = self.with_call_defaults(args, kwargs)
         out = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True, **kwargs)
         latents = out.images
         if output_type == "latent":

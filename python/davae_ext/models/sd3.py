@@ -12,7 +12,7 @@ from diffusers.configuration_utils import register_to_config
 from .. import _validate
 from ..nn import DetailPatchEmbed, DetailProjOut
 from ..nn._init import check_channels, check_init
-from ._widen import carry_over, check_complete
+from ._widen import widen
 
 __all__ = ["DAVAESD3Transformer2DModel", "expand_transformer"]
 # ModelMixin is imported here because diffusers' pipeline loader looks up its base classes in the
@@ -114,13 +114,11 @@ def expand_transformer(
     base_in = cfg["in_channels"]
     base_out = cfg.get("out_channels") or base_in
     cfg.update(in_channels=base_in + detail_channels, out_channels=base_out + detail_channels)
-    with torch.device("meta"):
-        new = DAVAESD3Transformer2DModel(**cfg, detail_channels=detail_channels, channel_order=order, fused=fused)
-
-    carry_over(new, transformer, ("pos_embed.", "proj_out."), share_weights, "expand_transformer")
-    new.pos_embed = DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused)
-    new.proj_out = DetailProjOut.from_linear(transformer.proj_out, base_out, detail_channels,
-                                             cfg["patch_size"], init, order, fused=fused)
-    check_complete(new, "expand_transformer")
-    new.gradient_checkpointing = transformer.gradient_checkpointing
-    return new.train(transformer.training)
+    widened = {
+        "pos_embed": DetailPatchEmbed.from_patch_embed(transformer.pos_embed, detail_channels, init, order, fused),
+        "proj_out": DetailProjOut.from_linear(transformer.proj_out, base_out, detail_channels, cfg["patch_size"], init,
+                                              order, fused=fused),
+    }
+    return widen(transformer, DAVAESD3Transformer2DModel,
+                 dict(cfg, detail_channels=detail_channels, channel_order=order, fused=fused), widened, share_weights,
+                 "expand_transformer")

@@ -3,11 +3,14 @@
 The modules run :mod:`davae_ext.ops`: the compiled kernels, or their pure-PyTorch reference
 under ``davae_ext.use_backend("reference")`` (or where no kernel exists). ``DetailPatchEmbed``
 also takes ``fused=False``, which computes differently: two convolutions, one per part, the
-pretrained ``PatchEmbed``'s arithmetic bit for bit at a zero detail slice.
+pretrained ``PatchEmbed``'s arithmetic bit for bit at a zero detail slice; ``DetailPackedEmbed``
+and ``DetailProjOut(layout="channel_major")`` are the same for FLUX's packed tokens.
 """
 
 from .latent import DetailAlignLoss, DetailProjection, LatentConcat
+from .packed_embed import DetailPackedEmbed, pack_latents, unpack_latents
 from .patch_embed import DetailPatchEmbed
 from .proj_out import DetailProjOut
 
-__all__ = ["LatentConcat", "DetailProjection", "DetailAlignLoss", "DetailPatchEmbed", "DetailProjOut"]
+__all__ = ["LatentConcat", "DetailProjection", "DetailAlignLoss", "DetailPatchEmbed", "DetailProjOut", "DetailPackedEmbed",
+           "pack_latents", "unpack_latents"]

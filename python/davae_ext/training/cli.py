@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+from .lora import FLUX_TARGETS
 from .recipes import DEFAULT_RECIPES, RECIPES, describe, recipe_defaults, recipes_for
 
 DEFAULT_PIPELINE = "outputs/finetune_sd35/pipeline"
@@ -90,9 +91,10 @@ class RecipeParser(argparse.ArgumentParser):
         "imagenet": "'imagenet' (the released ImageNet / LightningDiT code, for class-conditional DiTs)",
     }
 
-    def __init__(self, script: str, description: Optional[str]):
+    def __init__(self, script: str, description: Optional[str], overrides: Optional[dict] = None):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
         self.script = script
+        self.overrides = overrides or {}  # defaults that no recipe changes (a model family's)
         names = recipes_for(script)
         self.default_recipe = DEFAULT_RECIPES[script]
         self.add_argument("--recipe", choices=names, default=self.default_recipe,
@@ -106,6 +108,7 @@ class RecipeParser(argparse.ArgumentParser):
         name = probe.parse_known_args(args)[0].recipe
         if name in recipes_for(self.script):  # an unknown name is reported by the full parse
             self.set_defaults(**recipe_defaults(self.script, name))
+        self.set_defaults(**self.overrides)
         return super().parse_known_args(args, namespace)
 
 
@@ -210,12 +213,20 @@ def train_vae_parser(description: Optional[str] = None) -> argparse.ArgumentPars
     return p
 
 
-def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
-    p = RecipeParser("finetune", description)
-    add_run_arguments(p, "outputs/finetune_sd35", steps=300, batch_size=8)
+def finetune_parser(description: Optional[str] = None, family: str = "sd3") -> argparse.ArgumentParser:
+    """finetune_sd35.py's arguments, or finetune_flux.py's with ``family="flux"`` (its LoRA
+    targets, guidance, text length and shift)."""
+    flux = family == "flux"
+    if family not in ("sd3", "flux"):
+        raise ValueError(f"finetune_parser: 'family' must be 'sd3' or 'flux', got {family!r}")
+    # FLUX: the dynamic shift (None until the run knows its token count) and no caption dropout
+    # (a guidance-distilled model samples without an unconditional branch).
+    p = RecipeParser("finetune", description, overrides={"shift": None, "caption_dropout": 0.0} if flux else None)
+    add_run_arguments(p, f"outputs/finetune_{'flux' if flux else 'sd35'}", steps=300, batch_size=8)
     a = p.add_argument
     a("--model", default=None,
-      help="diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
+      help="diffusers FLUX.1 pipeline folder (default: the embedded tiny FLUX pipeline, built on first use)" if flux
+      else "diffusers SD3 / SD3.5 pipeline folder (default: the embedded tiny SD3.5 pipeline, built on first use)")
     a("--davae", default=None, help="DA-VAE folder from train/train_vae.py (default: one trained on first use on "
                                     "--model's VAE by train_vae.py, 300 steps, with --mixed-precision, and cached)")
     a("--data", default=None, help="image folder with captions (default: the shipped photos, training split)")
@@ -224,16 +235,26 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
     a("--prompts", default=None,
       help="prompt file for --synthetic, one per line (default: the shipped photos' captions)")
     a("--resolution", type=POSITIVE, default=None,
-      help="training image size (default: the transformer's sample size x the DA-VAE factor)")
+      help="training image size (default: 1024, a 32 x 32 token grid; 256 on the embedded model)" if flux else
+      "training image size (default: the transformer's sample size x the DA-VAE factor)")
     a("--crops-per-image", type=POSITIVE, default=4, help="random crops / flips cached per image (default: 4)")
     a("--lr", type=RATE, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     a("--full", action="store_true", help="train every transformer weight instead of LoRA (default: LoRA)")
     a("--lora-rank", type=POSITIVE, default=256, help="LoRA rank (default: 256)")
     a("--lora-alpha", type=RATE, default=256, help="LoRA alpha (default: 256)")
-    a("--lora-targets", default="to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear",
-      help="comma-separated LoRA target modules (default: to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear)")
-    a("--shift", type=RATE, help="timestep shift of the training schedule " + _by_recipe("finetune", "shift"))
-    a("--caption-dropout", type=PROBABILITY, default=0.1, help="probability of the empty prompt (default: 0.1)")
+    targets = ",".join(FLUX_TARGETS) if flux else "to_q,to_k,to_v,to_out.0,ff.net.2,norm1.linear"
+    a("--lora-targets", default=targets, help=f"comma-separated LoRA target modules (default: {targets})")
+    a("--shift", type=RATE, help="timestep shift of the training schedule " + (
+        "(default: FLUX's dynamic shift at the training token count, exp(mu), as its pipeline samples)" if flux
+        else _by_recipe("finetune", "shift")))
+    a("--caption-dropout", type=PROBABILITY, default=0.1,
+      help=f"probability of the empty prompt (default: {0.0 if flux else 0.1})")
+    if flux:
+        a("--train-guidance", type=WEIGHT, default=1.0,
+          help="guidance value a guidance-distilled model (guidance_embeds) is trained with (default: 1.0)")
+        a("--max-sequence-length", type=POSITIVE, default=None,
+          help="T5 tokens per prompt, in training and in the saved pipeline's sampling (default: 512, FLUX.1-dev's; "
+               "64 on the embedded model)")
     a("--n-warm", type=NON_NEGATIVE, default=None, help="N_warm of Eq. 12 in steps (default: min(10000, steps / 2))")
     a("--loss-mode", choices=["velocity", "x0_min_snr"],
       help="Eq. 13 on the velocity, or the released code's x0 + min-SNR variant " + _by_recipe("finetune", "loss_mode"))
@@ -258,10 +279,15 @@ def finetune_parser(description: Optional[str] = None) -> argparse.ArgumentParse
     a("--sample-steps", type=POSITIVE, default=20, help="denoising steps of the final sample grid (default: 20)")
     a("--sample-prompts", type=POSITIVE, default=4,
       help="how many of the four fixed prompts the final grid draws (default: 4)")
-    a("--guidance", type=WEIGHT, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
-    a("--negative-prompt", default=None,
-      help="negative prompt of the final sample grid, also stored as the pipeline's default (default: by --recipe: "
-           + "; ".join(f"{n}: {RECIPES[n]['sampling']['negative_prompt']!r}" for n in recipes_for("sampling")) + ")")
+    if flux:
+        a("--guidance", type=WEIGHT, default=3.5,
+          help="guidance-embedding value of the final sample grid, also the pipeline's default (default: 3.5)")
+    else:
+        a("--guidance", type=WEIGHT, default=2.5, help="CFG scale of the final sample grid (default: 2.5)")
+        a("--negative-prompt", default=None,
+          help="negative prompt of the final sample grid, also stored as the pipeline's default (default: by "
+               "--recipe: " + "; ".join(f"{n}: {RECIPES[n]['sampling']['negative_prompt']!r}"
+                                        for n in recipes_for("sampling")) + ")")
     a("--no-sample", action="store_true", help="skip the final sample grid and pipeline folder (default: write them)")
     return p
 
@@ -405,7 +431,7 @@ def synthetic_parser(description: Optional[str] = None) -> argparse.ArgumentPars
 def sample_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     p = _parser(description)
     a = p.add_argument
-    a("--pipeline", default=DEFAULT_PIPELINE, help=f"DAVAEStableDiffusion3Pipeline folder (default: {DEFAULT_PIPELINE}, "
+    a("--pipeline", default=DEFAULT_PIPELINE, help=f"DAVAEStableDiffusion3Pipeline or DAVAEFluxPipeline folder (default: {DEFAULT_PIPELINE}, "
                                                    "built by the default fine-tuning run if missing)")
     a("--prompt", action="append", default=None, help="a prompt (repeatable) (default: four fixed prompts)")
     a("--prompts", default=None, help="prompt file, one per line (default: none)")
@@ -512,14 +538,21 @@ class _Checks:
 
     def sd3_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
         """An SD3 pipeline folder: its transformer's and VAE's configs."""
+        return self._pipeline(flag, value, "StableDiffusion3Pipeline", "SD3Transformer2DModel")
+
+    def flux_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
+        """A FLUX pipeline folder: its transformer's and VAE's configs."""
+        return self._pipeline(flag, value, "FluxPipeline", "FluxTransformer2DModel")
+
+    def _pipeline(self, flag: str, value: str, pipeline: str, transformer_cls: str) -> tuple[dict, dict]:
         root = Path(value)
         if not (root / "model_index.json").is_file():
             self.fail(flag, value, "expected a diffusers pipeline folder (with model_index.json)")
         cls = self._json(flag, value, root / "model_index.json").get("_class_name", "")
         tcfg = root / "transformer" / "config.json"
         transformer = self._json(flag, value, tcfg) if tcfg.is_file() else {}
-        if "StableDiffusion3" not in cls or transformer.get("_class_name") != "SD3Transformer2DModel":
-            self.fail(flag, value, f"expected a StableDiffusion3Pipeline with an SD3Transformer2DModel; "
+        if pipeline.removesuffix("Pipeline") not in cls or transformer.get("_class_name") != transformer_cls:
+            self.fail(flag, value, f"expected a {pipeline} with a {transformer_cls}; "
                                    f"model_index.json names {cls!r}, the transformer is "
                                    f"{transformer.get('_class_name', 'missing')!r}")
         self._weights(flag, value, root / "transformer")
@@ -640,9 +673,21 @@ def check_train_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return args
 
 
-def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+def _tiny_flux_configs() -> tuple[dict, dict]:
+    from .tiny import VAE_CONFIG
+    from .tiny_flux import TRANSFORMER_CONFIG
+
+    return dict(TRANSFORMER_CONFIG), dict(VAE_CONFIG)
+
+
+def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace, family: str = "sd3") -> argparse.Namespace:
     c = _Checks(parser)
-    transformer, vae = c.sd3_pipeline("--model", args.model) if args.model else _tiny_configs()
+    if family == "flux":
+        transformer, vae = c.flux_pipeline("--model", args.model) if args.model else _tiny_flux_configs()
+        channels, patch = transformer["in_channels"] // 4, 2  # FLUX packs 2 x 2 latent pixels per token
+    else:
+        transformer, vae = c.sd3_pipeline("--model", args.model) if args.model else _tiny_configs()
+        channels, patch = transformer["in_channels"], transformer["patch_size"]
     if not [t for t in args.lora_targets.split(",") if t.strip()] and not args.full:
         c.fail("--lora-targets", args.lora_targets, "expected at least one module name")
     for flag, value in (("--trainable-dtype", args.trainable_dtype), ("--frozen-dtype", args.frozen_dtype)):
@@ -652,8 +697,8 @@ def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.davae:
         davae = c.davae("--davae", args.davae)
         C = davae["base_vae_config"]["latent_channels"]
-        if C != transformer["in_channels"]:
-            c.fail("--davae", args.davae, f"a DA-VAE with {transformer['in_channels']} base channels, the latent "
+        if C != channels:
+            c.fail("--davae", args.davae, f"a DA-VAE with {channels} base channels, the latent "
                                           f"channels of the transformer of --model; it has {C}")
         if davae.get("detail_mean") is None:
             c.fail("--davae", args.davae, "a DA-VAE with detail latent statistics (train_vae.py calibrates them "
@@ -661,8 +706,7 @@ def check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         factor = davae_factor(davae)
     else:
         factor = vae_factor(vae) * 2
-    c.multiple("--resolution", args.resolution, factor * transformer["patch_size"],
-               f"DA-VAE factor {factor} x patch size {transformer['patch_size']}")
+    c.multiple("--resolution", args.resolution, factor * patch, f"DA-VAE factor {factor} x patch size {patch}")
     if args.synthetic == 0:
         c.image_folder("--data", args.data)
     c.prompts("--prompts", args.prompts)
@@ -694,11 +738,14 @@ def check_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
     c = _Checks(parser)
     if args.pipeline != DEFAULT_PIPELINE or (Path(args.pipeline) / "model_index.json").is_file():
         transformer, davae = c.davae_pipeline("--pipeline", args.pipeline)
-        multiple = davae_factor(davae) * transformer["patch_size"]
+        flux = transformer.get("_class_name") == "DAVAEFluxTransformer2DModel"
+        multiple = davae_factor(davae) * (2 if flux else transformer["patch_size"])  # FLUX packs 2 x 2
         c.multiple("--resolution", args.resolution, multiple, "the DA-VAE's spatial factor x the patch size")
     c.prompts("--prompts", args.prompts)
     if args.base_model is not None:
-        c.sd3_pipeline("--base-model", args.base_model)
+        flux = (Path(args.pipeline) / "transformer" / "config.json").is_file() and "Flux" in json.loads(
+            (Path(args.pipeline) / "transformer" / "config.json").read_text()).get("_class_name", "")
+        (c.flux_pipeline if flux else c.sd3_pipeline)("--base-model", args.base_model)
     _device(c, args.device)
     return args
 

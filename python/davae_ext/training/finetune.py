@@ -1,5 +1,8 @@
-"""Fine-tuning an SD3 / SD3.5 transformer on a DA-VAE latent (paper Sec. 4): the run
-``train/finetune_sd35.py`` starts (:func:`finetune`; its arguments: :func:`.cli.finetune_parser`).
+"""Fine-tuning a text-to-image transformer on a DA-VAE latent (paper Sec. 4): the runs
+``train/finetune_sd35.py`` and ``train/finetune_flux.py`` start (:func:`finetune`; their arguments:
+:func:`.cli.finetune_parser`). What differs between model families (loading, text encoding, the
+forward call, the pipeline written at the end) is a :class:`SD3Tuner` subclass's: this module's
+for SD3 / SD3.5, :mod:`.finetune_flux`'s for FLUX.
 
 The transformer is widened with :func:`davae_ext.models.sd3.expand_transformer` (``init="zero"``):
 at step 0 it is the pretrained model on the base channels and predicts 0 for the detail channels,
@@ -26,7 +29,7 @@ from .common import (EMA, TrainingRun, backward_and_clip, batch_indices, csv_col
                      rebuilt_whole, step_generator, trainable_state)
 from .data import sample_photos
 from .flow import detail_weight, flow_loss, sample_sigmas
-from .lora import add_lora, merge_lora
+from .lora import FULL_MODULES, add_lora, merge_lora
 from .plot import save_curves, save_grid
 from .recipes import DEFAULT_RECIPE, recipe_defaults
 from .sharding import Sharded, full_optimizer_state, load_optimizer_state
@@ -35,15 +38,17 @@ DEFAULT_DAVAE_VERSION = "default-davae-v2"
 LOG_FIELDS = ["step", "loss", "base_mse", "detail_mse", "detail_weight", "grad_norm", "skipped", "steps_per_s", "seconds"]
 
 
-def finetune(args: argparse.Namespace) -> dict:
-    """Runs the fine-tuning ``args`` describe (parsed and checked by :mod:`.cli`); returns the
-    summary also written to ``summary.json``."""
+def finetune(args: argparse.Namespace, family: Optional[type] = None) -> dict:
+    """Runs the fine-tuning ``args`` describe (parsed and checked by :mod:`.cli`) with the
+    ``family``'s tuner (default :class:`SD3Tuner`); returns the summary also written to
+    ``summary.json``."""
+    family = family or SD3Tuner
     with use_backend("fused" if args.fused else "reference"):
         run = TrainingRun(args, LOG_FIELDS)
-        original, davae, resolution = load_models(args, run)
-        data = training_images(args, run, resolution)
-        cache, reused = latent_cache(args, run, davae, data, resolution)
-        tuner = _Tuner(args, run, original, davae, cache)
+        original, davae, resolution = load_models(args, run, family)
+        data = training_images(args, run, resolution, family)
+        cache, reused = latent_cache(args, run, davae, data, resolution, family)
+        tuner = family(args, run, original, davae, cache)
         del davae  # the latents are cached; finish() reloads the DA-VAE for the pipeline
         state = run.resume_state()
         if state is None:
@@ -62,7 +67,7 @@ def finetune(args: argparse.Namespace) -> dict:
         if run.is_main:
             tuner.plot_losses()
             if not args.no_sample:
-                summary["pipeline"] = str(finish(model, ema, args, run.out, resolution))
+                summary["pipeline"] = str(finish(model, ema, args, run.out, resolution, family))
             print(summary_lines(summary, run.out))
         run.write_summary(summary)
         run.end_training()
@@ -124,40 +129,34 @@ def default_davae(model: str, quick: bool, progress: bool, mixed_precision: str 
     return str(folder / "davae")
 
 
-def load_models(args, run: TrainingRun):
+def load_models(args, run: TrainingRun, family: type):
     """The pretrained transformer, the DA-VAE and the training resolution. The models are built on
     first use where not given (by the main process; the others then read the cache); given ones
     were checked against each other by :func:`.cli.check_finetune`."""
-    from diffusers import SD3Transformer2DModel
-
     if args.model is None:
-        from .tiny import build_tiny_sd35
-
         with run.accelerator.main_process_first():
-            args.model = str(build_tiny_sd35(quick=args.quick_default, progress=run.progress))
+            args.model = str(family.default_model(args.quick_default, run.progress))
     if args.davae is None:
         with run.accelerator.main_process_first():
             args.davae = default_davae(args.model, args.quick_default, run.progress, args.mixed_precision, args.recipe)
     davae = DAVAE.from_pretrained(args.davae).to(run.device).eval()
     davae.requires_grad_(False)
-    original = SD3Transformer2DModel.from_pretrained(args.model, subfolder="transformer")
-    resolution = args.resolution or original.config.sample_size * davae.spatial_factor
+    original = family.load_pretrained(args.model)
+    resolution = args.resolution or family.default_resolution(original, davae, args)
     return original, davae, resolution
 
 
-def training_images(args, run: TrainingRun, resolution: int) -> str:
+def training_images(args, run: TrainingRun, resolution: int, family: type) -> str:
     """The image folder to train on: ``--data`` (or the shipped photos), or ``--synthetic`` images
     generated first by the base pipeline."""
     if args.synthetic <= 0:
         return args.data or str(sample_photos("train"))
     folder = str(run.out / "synthetic")
     if run.is_main:
-        from diffusers import StableDiffusion3Pipeline
-
         from .synthetic import DEFAULT_PROMPTS, generate, read_prompts
 
         prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
-        base_pipe = StableDiffusion3Pipeline.from_pretrained(args.model).to(run.device)
+        base_pipe = family.base_pipeline_class().from_pretrained(args.model).to(run.device)
         generate(base_pipe, prompts, args.synthetic, folder, resolution, seed=args.seed, progress=run.progress)
         del base_pipe
     run.accelerator.wait_for_everyone()
@@ -179,25 +178,26 @@ def cache_key(model: str, davae: str, data: str, resolution: int, crops: int, se
     return h.hexdigest()[:24]
 
 
-def latent_cache(args, run: TrainingRun, davae: DAVAE, data: str, resolution: int) -> tuple[dict, bool]:
+def latent_cache(args, run: TrainingRun, davae: DAVAE, data: str, resolution: int, family: type) -> tuple[dict, bool]:
     """The cached latents and text embeddings of ``data`` (built by the main process if missing),
     and whether they were reused."""
     folder = cache_root() / "finetune_cache" / cache_key(args.model, args.davae, data, resolution,
-                                                         args.crops_per_image, args.seed)
+                                                         args.crops_per_image, args.seed, family.text_key(args))
     with run.accelerator.main_process_first():
         reused = is_complete(folder)
         if not reused:
+            encode = family.prompt_encoder(args)
             with atomic_dir(folder) as tmp:
-                build_cache(args.model, davae, data, resolution, args.crops_per_image, args.seed, tmp, run.progress)
+                build_cache(encode, davae, data, resolution, args.crops_per_image, args.seed, tmp, run.progress)
     run.accelerator.print(f"latent / text cache {'reused' if reused else 'built'}: {folder}")
     return torch.load(folder / "cache.pt", map_location="cpu"), reused
 
 
 @torch.no_grad()
-def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed: int, folder: Path, progress: bool) -> None:
+def build_cache(encode, davae, data: str, resolution: int, crops: int, seed: int, folder: Path, progress: bool) -> None:
     """DA-VAE latents (normalised; base and detail stored apart) of ``crops`` random crops/flips
-    per image, and the text embeddings of every caption plus the empty prompt."""
-    from diffusers import StableDiffusion3Pipeline
+    per image, and the text embeddings (``encode(prompts) -> (embeds, pooled)``) of every caption
+    plus the empty prompt."""
     from tqdm.auto import tqdm
 
     from .data import ImageCaptionFolder
@@ -213,11 +213,9 @@ def build_cache(model: str, davae, data: str, resolution: int, crops: int, seed:
             detail.append(d.cpu())
             captions.append(item["caption"])
     unique = sorted(set(captions)) + [""]
-    pipe = StableDiffusion3Pipeline.from_pretrained(model, transformer=None, vae=None)
     embeds, pooled = [], []
     for i in range(0, len(unique), 8):
-        chunk = unique[i:i + 8]
-        e, _, p, _ = pipe.encode_prompt(chunk, chunk, chunk, do_classifier_free_guidance=False)
+        e, p = encode(unique[i:i + 8])
         embeds.append(e.cpu())
         pooled.append(p.cpu())
     index = {c: i for i, c in enumerate(unique)}
@@ -303,8 +301,77 @@ class TransformerTuner:
         return model, ema
 
 
-class _Tuner(TransformerTuner):
-    """The widened SD3 transformer, its optimiser and EMA, the per-step batches and the step."""
+class SD3Tuner(TransformerTuner):
+    """The widened SD3 transformer, its optimiser and EMA, the per-step batches and the step.
+
+    The class methods are what another model family overrides (:mod:`.finetune_flux`): the
+    default and pretrained models, text encoding, the forward call, the widening and the pipeline
+    written at the end."""
+
+    full_modules = FULL_MODULES  # trained in full beside the LoRA: the widened layers
+
+    @staticmethod
+    def default_model(quick: bool, progress: bool) -> Path:
+        from .tiny import build_tiny_sd35
+
+        return build_tiny_sd35(quick=quick, progress=progress)
+
+    @staticmethod
+    def load_pretrained(model: str):
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel.from_pretrained(model, subfolder="transformer")
+
+    @staticmethod
+    def default_resolution(original, davae: DAVAE, args=None) -> int:
+        return original.config.sample_size * davae.spatial_factor
+
+    @staticmethod
+    def base_pipeline_class():
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    @staticmethod
+    def text_key(args) -> str:
+        """What besides the model folder decides the cached text embeddings."""
+        return ""
+
+    @classmethod
+    def prompt_encoder(cls, args):
+        """``encode(prompts) -> (prompt_embeds, pooled)`` with the base pipeline's text encoders."""
+        pipe = cls.base_pipeline_class().from_pretrained(args.model, transformer=None, vae=None)
+
+        def encode(prompts):
+            e, _, p, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
+            return e, p
+        return encode
+
+    def predict(self, model, xt, emb, pooled, sigmas, t):
+        """The velocity ``model`` predicts at noise levels ``sigmas`` (timestep ``t`` = 1000 sigma,
+        rounded as ``--timestep-rounding`` says)."""
+        return model(xt, emb, pooled, t).sample
+
+    def expand(self, original):
+        return expand_transformer(original, self.D, init="zero", order=self.order, fused=self.args.fused,
+                                  share_weights=True)
+
+    @staticmethod
+    def davae_pipeline(args, transformer, davae: DAVAE):
+        """The sampling pipeline of the trained ``transformer`` with the base model's text encoders."""
+        from ..models.pipeline import DAVAEStableDiffusion3Pipeline
+
+        base = SD3Tuner.base_pipeline_class().from_pretrained(args.model, transformer=None, vae=None)
+        return DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
+
+    @staticmethod
+    def sampling_defaults(args) -> dict:
+        return sampling_defaults(args)
+
+    @staticmethod
+    def sample_kwargs(args, pipe) -> dict:
+        negative = pipe.sampling_defaults["negative_prompt"] or None
+        return {"negative_prompt": negative, "guidance_scale": args.guidance}
 
     def __init__(self, args, run: TrainingRun, original, davae: DAVAE, cache: dict):
         self.args, self.run, self.cache = args, run, cache
@@ -319,20 +386,18 @@ class _Tuner(TransformerTuner):
         model in memory, 9 GB in float32 at SD3.5-Medium's size), with LoRA or all weights
         trainable, gradient checkpointing as asked."""
         args = self.args
-        transformer = expand_transformer(original, self.D, init="zero", order=self.order, fused=args.fused,
-                                         share_weights=True)
+        transformer = self.expand(original)
         if args.full:
             transformer.requires_grad_(True)
         else:
-            add_lora(transformer, args.lora_rank, args.lora_alpha, [t for t in args.lora_targets.split(",") if t])
+            add_lora(transformer, args.lora_rank, args.lora_alpha, [t for t in args.lora_targets.split(",") if t],
+                     self.full_modules)
         if args.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         return transformer
 
     def rebuild(self):
-        from diffusers import SD3Transformer2DModel
-
-        model = self.widen(SD3Transformer2DModel.from_pretrained(self.args.model, subfolder="transformer"))
+        model = self.widen(self.load_pretrained(self.args.model))
         self.cast_weights(model)
         return model
 
@@ -357,7 +422,7 @@ class _Tuner(TransformerTuner):
     def check_step0(self, original) -> None:
         """The step-0 check on the first batch (not on resume: the checkpoint has the record),
         then the weights cast (:meth:`cast_weights`); before :meth:`prepare`."""
-        self.step0 = step0_check(self.transformer.to(self.run.device), original.to(self.run.device),
+        self.step0 = step0_check(self.predict, self.transformer.to(self.run.device), original.to(self.run.device),
                                  self.batch(0), self.C, self.order)
         self.run.accelerator.print(f"step 0: {self.step0}")
 
@@ -378,7 +443,7 @@ class _Tuner(TransformerTuner):
         xt = (1 - s) * x0 + s * noise
         t = timesteps(sigmas, args.timestep_rounding)
         with acc.autocast():
-            pred = self.transformer(xt, emb, pooled, t).sample
+            pred = self.predict(self.transformer, xt, emb, pooled, sigmas, t)
         parts = flow_loss(pred.float(), x0, noise, sigmas, self.C, self.order, w, args.loss_mode, args.min_snr_gamma,
                           snr_sigmas=t / 1000)
         self.opt.zero_grad(set_to_none=True)
@@ -412,17 +477,18 @@ def timesteps(sigmas: torch.Tensor, rounding: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def step0_check(transformer, original, batch, base_channels: int, order: str) -> dict:
+def step0_check(predict, transformer, original, batch, base_channels: int, order: str) -> dict:
     """The warm start of Sec. 4.1 measured on one batch: the widened model's base-channel
-    prediction against the pretrained model's, its detail prediction, and both base losses."""
+    prediction against the pretrained model's, its detail prediction, and both base losses;
+    ``predict(model, xt, embeds, pooled, sigmas, t)`` is the forward call."""
     x0, noise, sigmas, emb, pooled = batch
     s = sigmas.view(-1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
     t = sigmas * 1000
-    pred = transformer(xt, emb, pooled, t).sample
+    pred = predict(transformer, xt, emb, pooled, sigmas, t)
     pred_base, pred_detail = split_channels(pred, base_channels, order)
     base_x0, base_xt, base_noise = (split_channels(x, base_channels, order)[0] for x in (x0, xt, noise))
-    ref = original(base_xt, emb, pooled, t).sample
+    ref = predict(original, base_xt, emb, pooled, sigmas, t)
     return {
         "max_abs_diff_base_prediction": float((pred_base - ref).abs().max()),
         "max_abs_detail_prediction": float(pred_detail.abs().max()),
@@ -440,29 +506,24 @@ def sampling_defaults(args) -> dict:
     return defaults
 
 
-def finish(transformer, ema: EMA, args, out: Path, resolution: int) -> Path:
+def finish(transformer, ema: EMA, args, out: Path, resolution: int, family: type) -> Path:
     """EMA weights into the transformer, LoRA merged, pipeline saved, sample grid drawn."""
-    from diffusers import StableDiffusion3Pipeline
-
-    from ..models.pipeline import DAVAEStableDiffusion3Pipeline
     from .synthetic import DEFAULT_PROMPTS
 
     transformer.eval().float()  # trained weights may be bfloat16 (--trainable-dtype); the EMA is float32
     ema.copy_to([(n, p) for n, p in transformer.named_parameters() if n in ema.shadow])
     if not args.full:
         merge_lora(transformer)
-    base = StableDiffusion3Pipeline.from_pretrained(args.model, transformer=None, vae=None)
     davae = DAVAE.from_pretrained(args.davae).to(transformer.device).eval()
-    pipe = DAVAEStableDiffusion3Pipeline.from_sd3_pipeline(base, transformer, davae)
+    pipe = family.davae_pipeline(args, transformer, davae)
     pipe.scheduler.register_to_config(shift=args.shift)
-    pipe.sampling_defaults = sampling_defaults(args)
+    pipe.sampling_defaults = family.sampling_defaults(args)
     pipe.save_pretrained(out / "pipeline")
     prompts = list(DEFAULT_PROMPTS)[:args.sample_prompts]
-    negative = pipe.sampling_defaults["negative_prompt"] or None
-    images = pipe(prompts, negative_prompt=negative, height=resolution, width=resolution,
-                  num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
-                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))], output_type="pt").images
-    tokens = (resolution // davae.spatial_factor // transformer.config.patch_size) ** 2
+    images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))], output_type="pt",
+                  **family.sample_kwargs(args, pipe)).images
+    tokens = pipe.tokens(resolution, resolution)
     save_grid(out / "samples.png", [images * 2 - 1], [f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens"],
               [prompts], title=f"fixed prompts, {args.sample_steps} steps, guidance {args.guidance}, EMA weights")
     return out / "pipeline"

@@ -106,8 +106,38 @@ def save_comparison(path, images, native_images, prompts: Sequence[str], label: 
                      [list(prompts[:n]), list(prompts[:n])], title="same prompts and seeds, same output resolution")
 
 
+def pipeline_classes(pipe_dir) -> tuple[type, type]:
+    """The DA-VAE pipeline class a folder holds (its ``model_index.json``) and its base pipeline's."""
+    name = json.loads((Path(pipe_dir) / "model_index.json").read_text()).get("_class_name", "")
+    if name == "DAVAEFluxPipeline":
+        from diffusers import FluxPipeline
+
+        from ..models.flux_pipeline import DAVAEFluxPipeline
+
+        return DAVAEFluxPipeline, FluxPipeline
+    from diffusers import StableDiffusion3Pipeline
+
+    from ..models.pipeline import DAVAEStableDiffusion3Pipeline
+
+    return DAVAEStableDiffusion3Pipeline, StableDiffusion3Pipeline
+
+
+def set_fused(transformer, fused: bool) -> None:
+    """The fused or split path of a widened transformer's input and output layers."""
+    for name in ("pos_embed", "x_embedder", "proj_out"):
+        module = getattr(transformer, name, None)
+        if hasattr(module, "fused"):
+            module.fused = fused
+
+
+def native_tokens(pipe, resolution: int) -> int:
+    """Transformer tokens of a base (SD3 or FLUX) pipeline's ``resolution`` image."""
+    cell = pipe.vae_scale_factor * getattr(pipe, "patch_size", 2)  # FLUX packs 2 x 2 latent pixels per token
+    return (resolution // cell) ** 2
+
+
 def base_model_of(pipe_dir: Path) -> str:
-    """The base SD3 pipeline a fine-tuning run used (its ``args.json``)."""
+    """The base pipeline a fine-tuning run used (its ``args.json``)."""
     args_file = Path(pipe_dir).parent / "args.json"
     if args_file.is_file():
         model = json.loads(args_file.read_text()).get("model")

@@ -293,37 +293,47 @@ def _latent_set(vae, recipe: TinyRecipe, gen: torch.Generator):
 def train_transformer(pipe, recipe: TinyRecipe, progress: bool) -> dict:
     """Rectified flow (x_t = (1 - s) x0 + s eps, target eps - x0) with logit-normal sigmas, on
     SD3-normalised latents of the photos, conditioned on their captions (10% dropped)."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    vae, transformer = pipe.vae, pipe.transformer
-    latents, captions = _latent_set(vae, recipe, gen)
+    latents, captions = _latent_set(pipe.vae, recipe, gen)
     # SD3-style latent normalisation from the data: shift = mean, scale = 1 / std.
     shift, std = latents.mean().item(), latents.std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    pipe.vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
     latents = (latents - shift) / std
     with torch.no_grad():
         uniq = sorted(set(captions)) + [""]
         embeds, pooled = pipe.encode_prompt(uniq, uniq, uniq, do_classifier_free_guidance=False)[::2]
-    index = {c: i for i, c in enumerate(uniq)}
+    transformer = pipe.transformer
+    losses = fit_flow(transformer, lambda xt, e, p, sigma: transformer(xt, e, p, sigma * 1000).sample,
+                      latents, captions, uniq, embeds, pooled, recipe, gen, "tiny SD3 transformer", progress)
+    return {"transformer_loss": losses, "latent_shift_factor": shift, "latent_scaling_factor": 1.0 / std}
+
+
+def fit_flow(transformer, predict, latents: torch.Tensor, captions: list[str], prompts: list[str],
+             embeds: torch.Tensor, pooled: torch.Tensor, recipe: TinyRecipe, gen: torch.Generator, desc: str,
+             progress: bool) -> list[float]:
+    """The pretraining loop: ``recipe.transformer_steps`` AdamW steps of rectified flow on
+    ``latents`` with their captions' embeddings (``prompts[-1]`` is the empty prompt, used for 10%
+    of items); ``predict(xt, embeds, pooled, sigma)`` is the model's velocity. The losses."""
+    from tqdm.auto import tqdm
+
+    index = {c: i for i, c in enumerate(prompts)}
     opt = torch.optim.AdamW(transformer.parameters(), lr=recipe.transformer_lr, weight_decay=0.0)
     transformer.train()
     losses = []
-    for _ in tqdm(range(recipe.transformer_steps), desc="tiny SD3 transformer", disable=not progress):
+    for _ in tqdm(range(recipe.transformer_steps), desc=desc, disable=not progress):
         idx = torch.randint(0, len(latents), (recipe.transformer_batch,), generator=gen)
         x0 = latents[idx]
         keys = [index[captions[i]] if torch.rand((), generator=gen) > 0.1 else index[""] for i in idx.tolist()]
         sigma = torch.sigmoid(torch.randn(len(idx), generator=gen)).view(-1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - sigma) * x0 + sigma * noise
-        pred = transformer(xt, embeds[keys], pooled[keys], sigma.flatten() * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+        loss = F.mse_loss(predict(xt, embeds[keys], pooled[keys], sigma.flatten()), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     transformer.eval()
-    return {"transformer_loss": losses, "latent_shift_factor": shift, "latent_scaling_factor": 1.0 / std}
+    return losses
 
 
 # ----------------------------------------------------------------------------------------------
