@@ -7,7 +7,8 @@
 #
 # Knobs (environment): TEST_SELECT / BENCH_SELECT (pytest -k expressions), SAMPLING=1 (also
 # bench/bench_sampling.py: SD3.5-M-sized sampling throughput, BENCH_SAMPLING_STEPS denoising steps,
-# default 10 here), TEST_TIMEOUT, BENCH_TIMEOUT (per-stage limits), DEADLINE (default 450 s: every
+# default 10 here), FLUX=1 (also bench/bench_flux.py on CUDA: the fused FLUX x_embedder against
+# pack + Linear, FLUX.1's blocks at 1024 and 2048 px, FLUX.1 sampling), TEST_TIMEOUT, BENCH_TIMEOUT (per-stage limits), DEADLINE (default 450 s: every
 # stage's limit is cut to what is left of it, a stage with under 10 s left is skipped and its exit
 # code reads "skipped", so the summary is written before a 600 s device call ends).
 #
@@ -86,7 +87,7 @@ RCS=(build=$build_rc tests=$test_rc)
 if [ "${QUICK:-0}" = 1 ]; then
   bench bench "cuda and patch_embed and sd3-2048 and fwd and not fwdbwd and not compile" 60
 else
-  bench bench "${BENCH_SELECT:-cuda and not compile and (patch_embed or not bwd) and not sampling and not overhead}" ${BENCH_TIMEOUT:-150}
+  bench bench "${BENCH_SELECT:-cuda and not compile and (patch_embed or not bwd) and not sampling and not overhead and not flux}" ${BENCH_TIMEOUT:-150}
   bench bench_compile "cuda and compile and patch_embed and fwd and not fwdbwd" 60
   bench bench_overhead "overhead and cuda" 60
 fi
@@ -100,8 +101,12 @@ else
 fi
 grep -v "^USDT\|profiler_st" "$OUT/kernels.log" 2>/dev/null | tail -16
 if [ "${SAMPLING:-0}" = 1 ]; then
-  BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_sampling "sampling and cuda" 200
+  BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_sampling "sampling and cuda and not flux" 200
   grep "sampling-" "$OUT/bench_sampling.log" | head -8
+fi
+if [ "${FLUX:-0}" = 1 ]; then
+  BENCH_SAMPLING_STEPS=${BENCH_SAMPLING_STEPS:-10} bench bench_flux "cuda and flux" 200
+  grep "flux_block-\|flux_sampling-" "$OUT/bench_flux.log" | head -12
 fi
 
 $PY "$SRC/bench/gpu_summary.py" --out "$OUT/gpu_check.json" --junit "$OUT/junit.xml" --bench "${BENCH_JSONS[@]}" \

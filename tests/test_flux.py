@@ -213,19 +213,28 @@ def test_save_and_load(tmp_path):
     assert keys == set(tiny_flux().state_dict())  # FLUX's own keys: LoRA and checkpoint tools work as for FLUX
 
 
-def test_fused_and_plain_gradients_agree():
+def test_fused_and_plain_outputs_and_gradients_agree():
+    """The split layers (plain), the one-GEMM layers on packed tokens (fused) and the fused
+    x_embedder on the unpacked latent (the patch-embed kernel): outputs and gradients of the
+    latent, the widened layers and a block's weight."""
     widened = expand_flux_transformer(tiny_flux(), 8, init="random")
-    z = torch.randn(2, 12, 4, 6)
     emb, pooled, t, g = conditioning()
-    grads = []
-    for fused in (False, True):
+    results = []
+    for fused, unpacked in ((False, False), (True, False), (True, True)):
         widened.set_fused(fused)
         widened.zero_grad()
-        flux_predict(widened, z, emb, pooled, t, g).square().mean().backward()
-        grads.append([widened.x_embedder.weight.grad.clone(), widened.proj_out.weight.grad.clone(),
-                      widened.transformer_blocks[0].attn.to_q.weight.grad.clone()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        z = torch.randn(2, 12, 4, 6, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+        out = flux_predict(widened, z, emb, pooled, t, g, unpacked=unpacked)
+        out.square().mean().backward()
+        results.append([out.detach(), z.grad, widened.x_embedder.weight.grad.clone(),
+                        widened.x_embedder.bias.grad.clone(), widened.proj_out.weight.grad.clone(),
+                        widened.transformer_blocks[0].attn.to_q.weight.grad.clone()])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    widened.set_fused(False)
+    with pytest.raises(ValueError, match="unpacked=True needs a widened transformer with a fused x_embedder"):
+        flux_predict(widened, z, emb, pooled, t, g, unpacked=True)
 
 
 def test_lora_targets_both_kinds_of_block_and_not_the_widened_layers():

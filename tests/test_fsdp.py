@@ -131,6 +131,19 @@ def test_finetune_dit_fsdp_matches_ddp_and_writes_the_pipeline(env, tmp_path):
     assert max_difference(a["model"], b["model"]) < 1e-6
 
 
+def test_finetune_flux_fsdp_matches_ddp_and_writes_the_pipeline(env, tmp_path):
+    """FLUX's double and single blocks are the FSDP units; LoRA under FSDP = DDP."""
+    args = [*FAST, "--steps", "2", "--checkpoint-every", "2"]
+    launch("fsdp_cpu", "finetune_flux.py", [*args, "--output-dir", str(tmp_path / "fsdp")], env)
+    launch("ddp_cpu", "finetune_flux.py", [*args, "--no-sample", "--output-dir", str(tmp_path / "ddp")], env)
+    assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["fsdp"] is True
+    assert json.loads((tmp_path / "fsdp" / "pipeline" / "model_index.json").read_text())["_class_name"] == \
+        "DAVAEFluxPipeline"
+    a, b = checkpoint(tmp_path / "fsdp", 2), checkpoint(tmp_path / "ddp", 2)
+    assert max_difference(a["model"], b["model"]) < 1e-6
+    assert "x_embedder.weight" in a["model"]
+
+
 def test_block_units_and_reshard_setting(monkeypatch):
     from torch import nn
 

@@ -2,8 +2,7 @@
 resolution with the same number of tokens (1024 px from a 32 x 32 token grid).
 
     python train/finetune_flux.py --fused                     # embedded tiny FLUX + tiny DA-VAE, shipped photos
-    python train/finetune_flux.py --model FLUX1_DEV_DIR --davae DAVAE_DIR --data DIR --mixed-precision bf16 --fused \
-        --gradient-checkpointing
+    python train/finetune_flux.py --model FLUX1_DEV_DIR --davae DAVAE_DIR --data DIR --mixed-precision bf16 --fused
     accelerate launch [--config_file train/configs/fsdp.yaml] train/finetune_flux.py ...
 
 The transformer is widened with davae_ext.models.flux.expand_flux_transformer(init="zero"): x_embedder
@@ -13,8 +12,9 @@ batch, recorded in summary.json). x_embedder and proj_out train in full, the res
 the double and single blocks (or fully with --full). Objective: rectified flow with logit-normal
 timesteps, shifted by FLUX's dynamic shift at the training token count unless --shift is given; a
 guidance-distilled model (guidance_embeds) sees --train-guidance; the detail channels' weight is
-ramped by Eq. 12 and normalised by Eq. 13 (--recipe as for finetune_sd35.py). --fused feeds the
-unpacked latent to the fused patch-embed kernel instead of packing it first. DA-VAE latents and
+ramped by Eq. 12 and normalised by Eq. 13 (--recipe as for finetune_sd35.py). --fused runs the
+latent concatenation through the fused kernel and the widened layers as one GEMM each (without it:
+base and detail parts apart, the pretrained arithmetic bit for bit at step 0). DA-VAE latents and
 text embeddings are computed once per (model, DA-VAE, data, text length) and cached on disk.
 
 Writes under --output-dir: log.csv, checkpoints/ (atomic; --resume continues exactly),

@@ -136,13 +136,15 @@ def expand_flux_transformer(
 
 def flux_predict(transformer: FluxTransformer2DModel, latent: torch.Tensor, prompt_embeds: torch.Tensor,
                  pooled: torch.Tensor, sigmas: torch.Tensor, guidance: torch.Tensor | None = None,
-                 unwrapped: FluxTransformer2DModel | None = None) -> torch.Tensor:
+                 unwrapped: FluxTransformer2DModel | None = None, unpacked: bool = False) -> torch.Tensor:
     """The velocity a FLUX(-class) transformer predicts for ``latent`` [B, C', h, w] at noise levels
     ``sigmas`` [B] (FLUX's timestep), as a latent of the same shape: packed as ``FluxPipeline``
     packs it, with its RoPE ids (token grid for the image, zeros for the text) and ``guidance``
-    [B] for a guidance-distilled model. A widened transformer whose ``x_embedder`` is fused takes
-    the latent unpacked (the patch-embed kernel gathers it), the others the packed tokens.
-    ``unwrapped`` is the model itself when ``transformer`` wraps it (DistributedDataParallel)."""
+    [B] for a guidance-distilled model. ``unpacked=True`` hands a widened transformer the latent
+    itself, which its fused ``x_embedder`` gathers with the patch-embed kernel instead of a packed
+    copy; measured against pack + Linear at FLUX.1's sizes on the CPU it does not win (0.91-1.07x,
+    bench/bench_flux.py), so the default packs. ``unwrapped`` is the model itself when
+    ``transformer`` wraps it (DistributedDataParallel)."""
     from diffusers import FluxPipeline
 
     B, _, h, w = latent.shape
@@ -150,7 +152,9 @@ def flux_predict(transformer: FluxTransformer2DModel, latent: torch.Tensor, prom
     txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=latent.device, dtype=latent.dtype)
     model = unwrapped if unwrapped is not None else transformer
     x_embedder = model.x_embedder
-    tokens = latent if isinstance(x_embedder, DetailPackedEmbed) and x_embedder.fused else pack_latents(latent)
+    if unpacked and not (isinstance(x_embedder, DetailPackedEmbed) and x_embedder.fused):
+        raise ValueError("flux_predict: unpacked=True needs a widened transformer with a fused x_embedder")
+    tokens = latent if unpacked else pack_latents(latent)
     if model.config.guidance_embeds and guidance is None:
         raise ValueError("flux_predict: the transformer is guidance-distilled (guidance_embeds=True); pass 'guidance'")
     out = transformer(tokens, prompt_embeds, pooled, sigmas, img_ids, txt_ids,

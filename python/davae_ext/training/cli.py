@@ -274,7 +274,9 @@ def finetune_parser(description: Optional[str] = None, family: str = "sd3") -> a
     a("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
       help="autocast precision, also of the default DA-VAE's training (default: no)")
     a("--fused", action="store_true",
-      help="patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
+      help="latent concatenation through the fused kernel and the widened x_embedder / proj_out as one GEMM each "
+           "(default: reference PyTorch)" if flux else
+      "patch embedding and latent concatenation through the fused kernels (default: reference PyTorch)")
     a("--nan-at-step", type=NON_NEGATIVE, default=None, help=argparse.SUPPRESS)  # tests: a NaN batch at this step
     a("--sample-steps", type=POSITIVE, default=20, help="denoising steps of the final sample grid (default: 20)")
     a("--sample-prompts", type=POSITIVE, default=4,
