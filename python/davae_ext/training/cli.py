@@ -540,13 +540,14 @@ class _Checks:
 
     def sd3_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
         """An SD3 pipeline folder: its transformer's and VAE's configs."""
-        return self._pipeline(flag, value, "StableDiffusion3Pipeline", "SD3Transformer2DModel")
+        return self._pipeline(flag, value, "StableDiffusion3Pipeline", "SD3Transformer2DModel", "an")
 
     def flux_pipeline(self, flag: str, value: str) -> tuple[dict, dict]:
         """A FLUX pipeline folder: its transformer's and VAE's configs."""
-        return self._pipeline(flag, value, "FluxPipeline", "FluxTransformer2DModel")
+        return self._pipeline(flag, value, "FluxPipeline", "FluxTransformer2DModel", "a")
 
-    def _pipeline(self, flag: str, value: str, pipeline: str, transformer_cls: str) -> tuple[dict, dict]:
+    def _pipeline(self, flag: str, value: str, pipeline: str, transformer_cls: str,
+                  article: str) -> tuple[dict, dict]:
         root = Path(value)
         if not (root / "model_index.json").is_file():
             self.fail(flag, value, "expected a diffusers pipeline folder (with model_index.json)")
@@ -554,7 +555,7 @@ class _Checks:
         tcfg = root / "transformer" / "config.json"
         transformer = self._json(flag, value, tcfg) if tcfg.is_file() else {}
         if pipeline.removesuffix("Pipeline") not in cls or transformer.get("_class_name") != transformer_cls:
-            self.fail(flag, value, f"expected a {pipeline} with a {transformer_cls}; "
+            self.fail(flag, value, f"expected a {pipeline} with {article} {transformer_cls}; "
                                    f"model_index.json names {cls!r}, the transformer is "
                                    f"{transformer.get('_class_name', 'missing')!r}")
         self._weights(flag, value, root / "transformer")
