@@ -254,6 +254,23 @@ def test_lora_targets_both_kinds_of_block_and_not_the_widened_layers():
     assert set(widened.state_dict()) == stock_keys
 
 
+def test_the_training_shift_is_the_pipelines_dynamic_shift():
+    """The trainer's default shift s = exp(mu) maps sigma as FLUX's scheduler does at that token
+    count (its exponential time shift), so training and sampling noise levels agree."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from davae_ext.training.finetune_flux import dynamic_shift
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    for tokens in (64, 1024, 4096):
+        s = dynamic_shift(dict(sched.config), tokens)
+        mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+        torch.testing.assert_close(s * t / (1 + (s - 1) * t), sched.time_shift(mu, 1.0, t), rtol=1e-12, atol=1e-12)
+    assert dynamic_shift({}, 1024) == pytest.approx(1.8776, abs=1e-4)
+
+
 def test_davae_on_a_flux_shaped_vae():
     """FLUX's VAE: 16 channels, f8, shift 0.1159, scale 0.3611, no quant convs. The DA-VAE's base
     latent is the VAE's posterior mean of the half-resolution image, FLUX-normalised."""

@@ -86,6 +86,12 @@ CASES = [
     ("finetune_sd35", ["--trainable-dtype", "bfloat16"], "--trainable-dtype"),
     ("finetune_sd35", ["--frozen-dtype", "bfloat16"], "--frozen-dtype"),
     ("finetune_sd35", ["--recipe", "mine"], "--recipe"),
+    ("finetune_flux", ["--train-guidance", "-1"], "--train-guidance"),
+    ("finetune_flux", ["--max-sequence-length", "0"], "--max-sequence-length"),
+    ("finetune_flux", ["--model", "{root}/not_a_model"], "--model"),
+    ("finetune_flux", ["--davae", "{root}/davae4"], "--davae"),
+    ("finetune_flux", ["--resolution", "48"], "--resolution"),  # DA-VAE factor 16 x packing 2
+    ("finetune_flux", ["--lora-targets", ","], "--lora-targets"),
     ("make_synthetic_data", ["--count", "0"], "--count"),
     ("make_synthetic_data", ["--model", "{root}/not_a_model"], "--model"),
     ("make_synthetic_data", ["--prompts", "{root}/nonexistent.txt"], "--prompts"),

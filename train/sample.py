@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     sampling.set_fused(pipe.transformer, args.fused)
     resolution = args.resolution or pipe.default_sample_size * pipe.vae_scale_factor
     settings = dict(seed=args.seed, steps=chosen["steps"], guidance=chosen["guidance"], batch_size=args.batch_size,
-                    negative_prompt=chosen["negative_prompt"], progress=progress)
+                    negative_prompt=chosen["negative_prompt"], progress=progress, **sampling.call_options(pipe))
     images, ips = sampling.sample(pipe, prompts, resolution, label="DA-VAE", **settings)
     out = Path(args.output_dir)
     tokens = pipe.tokens(resolution, resolution)

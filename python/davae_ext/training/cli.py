@@ -442,7 +442,9 @@ def sample_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     a("--seed", type=NON_NEGATIVE, default=0, help="seed of image i is seed + i (default: 0)")
     a("--steps", type=POSITIVE, default=None, help="denoising steps (default: the pipeline's, else 30)")
     a("--guidance", type=WEIGHT, default=None, help="classifier-free guidance scale (default: the pipeline's, else 2.5)")
-    a("--shift", type=RATE, default=None, help="scheduler timestep shift (default: the pipeline's, else 4.0)")
+    a("--shift", type=RATE, default=None,
+      help="a fixed scheduler timestep shift (default: the pipeline's: FLUX's from the token count, SD3's stored "
+           "shift, else 4.0)")
     a("--resolution", type=POSITIVE, default=None,
       help="output size, e.g. 1024 or 2048 on SD3.5-M (default: the pipeline's own size)")
     a("--batch-size", type=POSITIVE, default=4, help="images per pipeline call (default: 4)")

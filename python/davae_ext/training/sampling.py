@@ -39,33 +39,47 @@ FALLBACK_SETTINGS = {"steps": 30, "guidance": 2.5, "shift": 4.0, "negative_promp
 
 def resolve_settings(args, pipe) -> dict:
     """Steps, guidance, shift and negative prompt: the command line's where given, else the
-    pipeline's ``sampling_defaults`` (its training recipe's), else :data:`FALLBACK_SETTINGS`."""
+    pipeline's ``sampling_defaults`` (its training recipe's), else :data:`FALLBACK_SETTINGS`. A
+    pipeline whose scheduler shifts by the token count (FLUX's) keeps doing so (shift None)
+    unless ``--shift`` is given."""
     stored = getattr(pipe, "sampling_defaults", {}) or {}
-    return {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k, fallback)
-            for k, fallback in FALLBACK_SETTINGS.items()}
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k, fallback)
+              for k, fallback in FALLBACK_SETTINGS.items()}
+    if args.shift is None and pipe.scheduler.config.get("use_dynamic_shifting"):
+        chosen["shift"] = None
+    return chosen
 
 
-def set_shift(pipe, shift: float) -> None:
-    """A flow-matching scheduler with timestep shift ``shift``, otherwise configured as the pipeline's."""
+def call_options(pipe) -> dict:
+    """Call arguments a pipeline was fine-tuned with besides the settings (FLUX: the T5 length),
+    for the DA-VAE and the native pipeline alike."""
+    stored = getattr(pipe, "sampling_defaults", {}) or {}
+    return {k: stored[k] for k in ("max_sequence_length",) if k in stored}
+
+
+def set_shift(pipe, shift: Optional[float]) -> None:
+    """A flow-matching scheduler with the fixed timestep shift ``shift``, otherwise configured as
+    the pipeline's (None: the pipeline's own, token-count shift included)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+    if shift is not None:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift,
+                                                                     use_dynamic_shifting=False)
 
 
 def load_pipeline(cls, folder, device: str, dtype: torch.dtype, shift: Optional[float] = None):
     """``cls.from_pretrained(folder)`` on ``device`` in ``dtype``, its scheduler's shift set to
     ``shift`` when given."""
     pipe = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
-    if shift is not None:
-        set_shift(pipe, shift)
+    set_shift(pipe, shift)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def sample(pipe, prompts: Sequence[str], resolution: int, *, seed: int, steps: int, guidance: float, batch_size: int,
-           negative_prompt: Optional[str] = None, label: str = "", progress: bool = True):
+           negative_prompt: Optional[str] = None, label: str = "", progress: bool = True, **options):
     """Every prompt in batches (image i seeded with seed + i); the PIL images and images/s (the
-    first batch, warm-up, included)."""
+    first batch, warm-up, included). ``options`` go to every pipeline call."""
     from tqdm.auto import tqdm
 
     images = []
@@ -75,7 +89,7 @@ def sample(pipe, prompts: Sequence[str], resolution: int, *, seed: int, steps: i
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         neg = [negative_prompt] * len(chunk) if negative_prompt else None
         images += pipe(chunk, negative_prompt=neg, height=resolution, width=resolution, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=gens).images
+                       guidance_scale=guidance, generator=gens, **options).images
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return images, len(prompts) / (time.perf_counter() - start)
