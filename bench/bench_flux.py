@@ -29,7 +29,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 from davae_ext import ops  # noqa: E402
 from davae_ext.nn import pack_latents  # noqa: E402
-from common import CUDA, Shape, case_id, time_direction  # noqa: E402
+from common import CUDA, Shape, case_id, time_direction, time_sampling  # noqa: E402
 
 CPU_SHAPES = [Shape("flux-1024", 1, 16, 16, 64, 64, 2, 3072), Shape("flux-2048", 1, 16, 16, 128, 128, 2, 3072)]
 CUDA_SHAPES = [Shape("flux-1024", 4, 16, 16, 64, 64, 2, 3072), Shape("flux-2048", 4, 16, 16, 128, 128, 2, 3072)]
@@ -152,24 +152,11 @@ def bench_flux_sampling(benchmark, flux_pipelines, case, provider, mode):
     kwargs = dict(prompt_embeds=emb, pooled_prompt_embeds=pooled, height=resolution, width=resolution,
                   guidance_scale=3.5, output_type="latent" if mode == "transformer" else "pt")
 
-    def call(steps):
-        with torch.inference_mode():
-            pipe(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **kwargs)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    call(1)  # warm-up
-    benchmark.pedantic(call, args=(STEPS,), rounds=1 if device == "cuda" else 2, iterations=1)
-    seconds = benchmark.stats.stats.median
     tokens = (resolution // pipe.vae_scale_factor // 2) ** 2
-    info = {"device": device, "steps": STEPS, "batch": BATCH, "tokens": tokens, "seconds_per_image": seconds / BATCH}
-    _RESULTS[(benchmark.group, provider)] = seconds
-    other = _RESULTS.get((benchmark.group, "native" if provider == "davae" else "davae"))
-    if other is not None:
-        info["native_over_davae"] = (seconds / other) if provider == "native" else (other / seconds)
-    benchmark.extra_info.update(info)
-    print(f"\n{benchmark.group} {provider}: {seconds:.3f} s for {BATCH} images, {STEPS} steps, {tokens} tokens"
-          + (f", native/DA-VAE = {info['native_over_davae']:.2f}x" if "native_over_davae" in info else ""))
+    info = {"device": device, "steps": STEPS, "batch": BATCH, "tokens": tokens}
+    seconds = time_sampling(benchmark, device, lambda n: pipe(num_inference_steps=n, generator=torch.Generator().manual_seed(0),
+                                                              **kwargs), STEPS, provider, _RESULTS, info)
+    benchmark.extra_info.update(seconds_per_image=seconds / BATCH)
 
 
 # -- FLUX.1's blocks at full width ---------------------------------------------------------------

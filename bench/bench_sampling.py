@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from davae_ext.models.davae import DAVAE  # noqa: E402
 from davae_ext.models.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
 from davae_ext.models.sd3 import expand_transformer  # noqa: E402
-from common import CUDA  # noqa: E402
+from common import CUDA, time_sampling  # noqa: E402
 
 SD35M = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
              num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
@@ -80,11 +80,6 @@ def pipelines():
         torch.cuda.empty_cache()
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 @pytest.mark.parametrize("mode", ["transformer", "end_to_end"])
 @pytest.mark.parametrize("provider", ["native", "davae"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
@@ -97,23 +92,9 @@ def bench_sampling(benchmark, pipelines, case, provider, mode):
                   negative_pooled_prompt_embeds=pooled, height=resolution, width=resolution, guidance_scale=2.5,
                   output_type="latent" if mode == "transformer" else "pt")
 
-    def call(steps):
-        with torch.inference_mode():
-            pipe(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **kwargs)
-        _sync(device)
-
-    call(1)  # warm-up (kernels, allocator)
-    rounds = 1 if device == "cuda" else 2
-    benchmark.pedantic(call, args=(STEPS,), rounds=rounds, iterations=1)
-    seconds = benchmark.stats.stats.median
     latent = resolution // pipe.vae_scale_factor
     tokens = (latent // pipe.patch_size) ** 2
-    info = {"device": device, "steps": STEPS, "batch": BATCH, "tokens": tokens, "seconds_per_image": seconds / BATCH,
-            "images_per_s": BATCH / seconds}
-    _RESULTS[(benchmark.group, provider)] = seconds
-    other = _RESULTS.get((benchmark.group, "native" if provider == "davae" else "davae"))
-    if other is not None:
-        info["native_over_davae"] = (seconds / other) if provider == "native" else (other / seconds)
-    benchmark.extra_info.update(info)
-    print(f"\n{benchmark.group} {provider}: {seconds:.3f} s for {BATCH} images, {STEPS} steps, {tokens} tokens"
-          + (f", native/DA-VAE = {info['native_over_davae']:.2f}x" if "native_over_davae" in info else ""))
+    info = {"device": device, "steps": STEPS, "batch": BATCH, "tokens": tokens}
+    seconds = time_sampling(benchmark, device, lambda n: pipe(num_inference_steps=n, generator=torch.Generator().manual_seed(0),
+                                                              **kwargs), STEPS, provider, _RESULTS, info)
+    benchmark.extra_info.update(seconds_per_image=seconds / BATCH, images_per_s=BATCH / seconds)

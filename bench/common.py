@@ -312,3 +312,25 @@ def time_direction(benchmark, device, forward, tensors, direction, nbytes, flops
     benchmark.extra_info["direction"] = direction
     benchmark.extra_info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     record(benchmark, device, fn, nbytes, flops, wall_clock, graph_pair)
+
+
+def time_sampling(benchmark, device: str, run, steps: int, provider: str, results: dict, info: dict) -> float:
+    """Time ``run(steps)`` (a pipeline call) after a one-step warm-up, once on CUDA, twice on the
+    CPU; record ``info`` and, once both providers of the group have run, ``native_over_davae`` (the
+    native pipeline's time over the DA-VAE one's) in extra_info, and print them. The seconds."""
+    def call(n):
+        with torch.inference_mode():
+            run(n)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    call(1)
+    benchmark.pedantic(call, args=(steps,), rounds=1 if device == "cuda" else 2, iterations=1)
+    seconds = benchmark.stats.stats.median
+    results[(benchmark.group, provider)] = seconds
+    other = results.get((benchmark.group, "native" if provider == "davae" else "davae"))
+    if other is not None:
+        info["native_over_davae"] = (seconds / other) if provider == "native" else (other / seconds)
+    benchmark.extra_info.update(info)
+    print(f"\n{benchmark.group} {provider}: {seconds:.3f} s, {info}")
+    return seconds

@@ -8,7 +8,10 @@ rounding noise), which adapts to the problem size instead of relying on magic nu
 
 from __future__ import annotations
 
+import csv
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -195,3 +198,22 @@ def require_cuda_memory(gib: int):
     free, _ = torch.cuda.mem_get_info()
     if free < gib << 30:
         pytest.skip(f"needs {gib} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+
+
+def run_script(script: str, args, check: bool = True, nproc: int = 1, port: int = 29519, timeout: float = 900):
+    """A script in a child process with one OpenMP thread; with ``nproc`` > 1 under
+    ``torch.distributed.run`` on ``port`` (one port per test file: xdist runs files side by side)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+              str(port)] if nproc > 1 else [sys.executable]
+    p = subprocess.run(prefix + [str(script), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        name = os.path.basename(str(script))
+        raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def log_column(folder, name: str = "loss") -> list[float]:
+    """One column of a training run's log.csv."""
+    with open(os.path.join(folder, "log.csv")) as f:
+        return [float(r[name]) for r in csv.DictReader(f)]

@@ -1,9 +1,7 @@
 """The fine-tuning objective (Eqs. 12-13) and train/finetune_sd35.py on the quick tiny models."""
 
-import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import log_column, run_script
 from davae_ext.training.flow import channel_mask, detail_weight, flow_loss, sample_sigmas
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "train" / "finetune_sd35.py")
@@ -53,18 +52,10 @@ def test_sigmas_follow_the_shifted_logit_normal():
 
 
 def run(args, check=True, nproc=1):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29519"] if nproc > 1 \
-        else [sys.executable]
-    p = subprocess.run(prefix + [SCRIPT, *args], capture_output=True, text=True, env=env, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"finetune_sd35.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
+    return run_script(SCRIPT, args, check, nproc, port=29519)
 
 
-def losses(folder: Path, column: str = "loss") -> list[float]:
-    with open(folder / "log.csv") as f:
-        return [float(r[column]) for r in csv.DictReader(f)]
+losses = log_column
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,15 @@
 """train/finetune_dit.py, sample_dit.py and eval_dit.py on the quick tiny DiT and its quick
 DA-VAE (D = 3 C, the imagenet recipe)."""
 
-import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from conftest import log_column, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train" / "finetune_dit.py")
@@ -19,18 +18,10 @@ FAST = ["--quick-default", "--batch-size", "8", "--crops-per-image", "1", "--no-
 
 
 def run(args, check=True, nproc=1):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29521"] \
-        if nproc > 1 else [sys.executable]
-    p = subprocess.run(prefix + [SCRIPT, *args], capture_output=True, text=True, env=env, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"finetune_dit.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
+    return run_script(SCRIPT, args, check, nproc, port=29521)
 
 
-def column(folder: Path, name: str) -> list[float]:
-    with open(folder / "log.csv") as f:
-        return [float(r[name]) for r in csv.DictReader(f)]
+column = log_column
 
 
 @pytest.fixture(scope="module")

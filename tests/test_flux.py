@@ -3,16 +3,13 @@ channel order, the zero-init warm start, save / load, the pipeline's base-channe
 train/finetune_flux.py on the quick tiny models."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE_DTYPES, ORDERS, check_against_reference, device_dtype_id, make
+from conftest import DEVICE_DTYPES, ORDERS, check_against_reference, device_dtype_id, log_column, make, run_script
 
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel  # noqa: E402
@@ -349,20 +346,10 @@ def test_base_channels_follow_the_stock_flux_pipeline_step_for_step(quick_flux, 
 
 
 def run(args, check=True, nproc=1, script=SCRIPT):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29537"] \
-        if nproc > 1 else [sys.executable]
-    p = subprocess.run(prefix + [script, *args], capture_output=True, text=True, env=env, timeout=900)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{Path(script).name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
+    return run_script(script, args, check, nproc, port=29537)
 
 
-def column(folder: Path, name: str = "loss") -> list[float]:
-    import csv
-
-    with open(folder / "log.csv") as f:
-        return [float(r[name]) for r in csv.DictReader(f)]
+column = log_column
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,24 @@ from typing import Sequence
 import torch
 
 
+def check_arguments(owner: str, transformer, base_cls: type, widened_cls: type, detail_channels: int, init: str,
+                    order: str) -> None:
+    """What every widening checks first: a ``base_cls`` model not widened already, a positive
+    detail channel count, a known init and channel order."""
+    from .. import _validate
+    from ..nn._init import check_channels, check_init
+
+    if not isinstance(transformer, base_cls):
+        name = base_cls.__name__
+        article = "an" if name.startswith(("SD", "A", "E", "I", "O", "U")) else "a"  # "an SD3...", "a Flux..."
+        raise TypeError(f"{owner}: 'transformer' must be {article} {name}, got {type(transformer).__name__}")
+    if isinstance(transformer, widened_cls):
+        raise ValueError(f"{owner}: 'transformer' is already a {widened_cls.__name__}")
+    check_channels(owner, "detail_channels", detail_channels)
+    check_init(owner, init)
+    _validate.order_flag(owner, order)
+
+
 def carry_over(new: torch.nn.Module, pretrained: torch.nn.Module, widened: Sequence[str], share_weights: bool,
                owner: str) -> None:
     """Load ``pretrained``'s state into ``new`` (built on the meta device) except the keys under

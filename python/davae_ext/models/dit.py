@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 from typing import Optional, Sequence
 
-import torch
 from diffusers import DiTTransformer2DModel, ModelMixin  # noqa: F401  (read by the pipeline loader)
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -33,7 +32,7 @@ from torch import nn
 from .. import _validate
 from ..nn import DetailPatchEmbed, DetailProjOut
 from ..nn._init import check_channels, check_init
-from ._widen import widen
+from ._widen import check_arguments, widen
 
 __all__ = ["DAVAEDiTTransformer2DModel", "expand_dit", "expand_dit_modules", "head_groups"]
 # ModelMixin is imported for diffusers' pipeline loader (see models/sd3.py).
@@ -144,13 +143,7 @@ def expand_dit(
     "w/o zero-init" ablation, or "repeat_average"). Returns a model on the same device and dtype,
     in train / eval mode as the input."""
     owner = "expand_dit"
-    if not isinstance(transformer, DiTTransformer2DModel):
-        raise TypeError(f"{owner}: 'transformer' must be a DiTTransformer2DModel, got {type(transformer).__name__}")
-    if isinstance(transformer, DAVAEDiTTransformer2DModel):
-        raise ValueError(f"{owner}: 'transformer' is already a DAVAEDiTTransformer2DModel")
-    check_channels(owner, "detail_channels", detail_channels)
-    check_init(owner, init)
-    _validate.order_flag(owner, order)
+    check_arguments(owner, transformer, DiTTransformer2DModel, DAVAEDiTTransformer2DModel, detail_channels, init, order)
 
     cfg = {k: transformer.config[k] for k in _DIT_ARGS if k in transformer.config}
     C, p = cfg["in_channels"], cfg["patch_size"]

@@ -19,9 +19,9 @@ from diffusers.configuration_utils import register_to_config
 
 from .. import _validate
 from ..nn import DetailPackedEmbed, DetailProjOut
-from ..nn._init import check_channels, check_init
+from ..nn._init import check_channels
 from ..nn.packed_embed import PACK, pack_latents, unpack_latents
-from ._widen import widen
+from ._widen import check_arguments, widen
 
 __all__ = ["DAVAEFluxTransformer2DModel", "expand_flux_transformer", "flux_predict"]
 # ModelMixin is imported for diffusers' pipeline loader (see models/sd3.py).
@@ -110,13 +110,8 @@ def expand_flux_transformer(
     model on the same device and dtype, in train/eval mode as the input.
     """
     owner = "expand_flux_transformer"
-    if not isinstance(transformer, FluxTransformer2DModel):
-        raise TypeError(f"{owner}: 'transformer' must be a FluxTransformer2DModel, got {type(transformer).__name__}")
-    if isinstance(transformer, DAVAEFluxTransformer2DModel):
-        raise ValueError(f"{owner}: 'transformer' is already a DAVAEFluxTransformer2DModel")
-    check_channels(owner, "detail_channels", detail_channels)
-    check_init(owner, init)
-    _validate.order_flag(owner, order)
+    check_arguments(owner, transformer, FluxTransformer2DModel, DAVAEFluxTransformer2DModel, detail_channels, init,
+                    order)
     cfg = {k: transformer.config[k] for k in _FLUX_ARGS if k in transformer.config}
     if cfg.get("patch_size", 1) != 1:
         raise ValueError(f"{owner}: only patch_size 1 (FLUX.1's) is supported, got {cfg['patch_size']}")

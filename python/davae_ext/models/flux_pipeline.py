@@ -67,19 +67,5 @@ class DAVAEFluxPipeline(DAVAEPipelineMixin, FluxPipeline):
     @torch.no_grad()
     def __call__(self, prompt=None, *args, height: Optional[int] = None, width: Optional[int] = None,
                  output_type: str = "pil", return_dict: bool = True, **kwargs):
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        self.check_size(height, width, self.patch_size)
-        kwargs = self.with_call_defaults(args, kwargs)
-        out = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True,
-                               **kwargs)
-        latents = out.images
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.decode_latents(self.unpack(latents, height, width))
-            images = self.image_processor.postprocess(images, output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return FluxPipelineOutput(images=images)
+        return self.run_and_decode(prompt, args, kwargs, height, width, output_type, return_dict, FluxPipelineOutput,
+                                   self.unpack)

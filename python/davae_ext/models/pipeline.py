@@ -98,6 +98,25 @@ class DAVAEPipelineMixin:
         raw = self.vae.denormalize_latents(latents.to(self.vae.dtype))
         return self.vae.decode(raw).sample
 
+    def run_and_decode(self, prompt, args: tuple, kwargs: dict, height: Optional[int], width: Optional[int],
+                       output_type: str, return_dict: bool, output_cls, to_latent=None):
+        """The base pipeline's call up to the latent (the default size, checked; the stored call
+        defaults), then the DA-VAE decode of ``to_latent(latents, height, width)`` (default: the
+        latents as they are) unless ``output_type="latent"``."""
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        self.check_size(height, width, self.patch_size)
+        kwargs = self.with_call_defaults(args, kwargs)
+        latents = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True,
+                                   **kwargs).images
+        if output_type == "latent":
+            images = latents
+        else:
+            latents = to_latent(latents, height, width) if to_latent else latents
+            images = self.image_processor.postprocess(self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return output_cls(images=images) if return_dict else (images,)
+
 
 class DAVAEStableDiffusion3Pipeline(DAVAEPipelineMixin, StableDiffusion3Pipeline):
     """``height`` / ``width`` are the output image's; they must be multiples of the DA-VAE's
@@ -133,17 +152,5 @@ class DAVAEStableDiffusion3Pipeline(DAVAEPipelineMixin, StableDiffusion3Pipeline
     @torch.no_grad()
     def __call__(self, prompt=None, *args, height: Optional[int] = None, width: Optional[int] = None,
                  output_type: str = "pil", return_dict: bool = True, **kwargs):
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        self.check_size(height, width, self.patch_size)
-        kwargs = self.with_call_defaults(args, kwargs)
-        out = super().__call__(prompt, *args, height=height, width=width, output_type="latent", return_dict=True, **kwargs)
-        latents = out.images
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.image_processor.postprocess(self.decode_latents(latents), output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return StableDiffusion3PipelineOutput(images=images)
+        return self.run_and_decode(prompt, args, kwargs, height, width, output_type, return_dict,
+                                   StableDiffusion3PipelineOutput)

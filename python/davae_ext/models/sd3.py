@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 from diffusers import ModelMixin, SD3Transformer2DModel  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
 from .. import _validate
 from ..nn import DetailPatchEmbed, DetailProjOut
-from ..nn._init import check_channels, check_init
-from ._widen import widen
+from ..nn._init import check_channels
+from ._widen import check_arguments, widen
 
 __all__ = ["DAVAESD3Transformer2DModel", "expand_transformer"]
 # ModelMixin is imported here because diffusers' pipeline loader looks up its base classes in the
@@ -102,13 +101,8 @@ def expand_transformer(
     "random" (the paper's "w/o zero-init" ablation) or "repeat_average". Returns a model on the
     same device and dtype, in train/eval mode as the input.
     """
-    if not isinstance(transformer, SD3Transformer2DModel):
-        raise TypeError(f"expand_transformer: 'transformer' must be an SD3Transformer2DModel, got {type(transformer).__name__}")
-    if isinstance(transformer, DAVAESD3Transformer2DModel):
-        raise ValueError("expand_transformer: 'transformer' is already a DAVAESD3Transformer2DModel")
-    check_channels("expand_transformer", "detail_channels", detail_channels)
-    check_init("expand_transformer", init)
-    _validate.order_flag("expand_transformer", order)
+    check_arguments("expand_transformer", transformer, SD3Transformer2DModel, DAVAESD3Transformer2DModel,
+                    detail_channels, init, order)
 
     cfg = {k: transformer.config[k] for k in _SD3_ARGS if k in transformer.config}
     base_in = cfg["in_channels"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -353,6 +354,12 @@ def _assemble(recipe: TinyRecipe, workdir: Path):
     )
 
 
+def remove_tokenizer_sources(folder: Path) -> None:
+    """The scratch folders :func:`_assemble` built the tokenizers in (the pipeline saved its own)."""
+    for scratch in ("_tok_clip", "_tok_t5"):
+        shutil.rmtree(folder / scratch)
+
+
 def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool = False,
                     progress: bool = True, recipe: Optional[TinyRecipe] = None) -> Path:
     """Build (or reuse) the tiny pretrained SD3.5-architecture pipeline; returns its folder.
@@ -371,10 +378,7 @@ def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool
         log.update(train_vae(pipe.vae, recipe, progress))
         log.update(train_transformer(pipe, recipe, progress))
         pipe.save_pretrained(tmp)
-        for scratch in ("_tok_clip", "_tok_t5"):
-            for f in (tmp / scratch).iterdir():
-                f.unlink()
-            (tmp / scratch).rmdir()
+        remove_tokenizer_sources(tmp)
         log["seconds"] = time.time() - start
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         save_curves(tmp / "training_loss.png", {"VAE L1 + KL": log["vae_loss"], "flow matching": log["transformer_loss"]},
@@ -388,15 +392,21 @@ def build_tiny_sd35(path: Optional[str] = None, quick: bool = False, force: bool
     return folder
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m davae_ext.training.tiny", description=__doc__,
+def build_command(build, module: str, description: str, argv=None) -> None:
+    """The command line of a tiny-model module (``python -m davae_ext.training.<module>``): its
+    folder, the quick recipe, a forced rebuild; runs ``build(folder, quick=, force=)``."""
+    parser = argparse.ArgumentParser(prog=f"python -m davae_ext.training.{module}", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=None,
                         help="where to write the pipeline folder (default: the user cache, reused if complete)")
-    parser.add_argument("--quick", action="store_true", help="the under-a-minute recipe used by the tests (default: off)")
+    parser.add_argument("--quick", action="store_true", help="the quick recipe the tests use (default: off)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete folder exists (default: off)")
     args = parser.parse_args(argv)
-    build_tiny_sd35(args.output_dir, quick=args.quick, force=args.force)
+    build(args.output_dir, quick=args.quick, force=args.force)
+
+
+def main(argv=None) -> None:
+    build_command(build_tiny_sd35, "tiny", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ folder, cached per version and written atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from .cache import atomic_dir, cache_root, is_complete
 from .data import ClassImageFolder, class_photos, downsample_base
 from .plot import save_curves
+from .tiny import build_command
 
 VERSION = "tiny-dit-v1"
 TRANSFORMER_CONFIG = dict(num_attention_heads=4, attention_head_dim=24, in_channels=16, out_channels=None,
@@ -152,14 +152,7 @@ def build_tiny_dit(path: Optional[str] = None, quick: bool = False, force: bool 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m davae_ext.training.tiny_dit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=None,
-                        help="where to write the pipeline folder (default: the user cache, reused if complete)")
-    parser.add_argument("--quick", action="store_true", help="the seconds-long recipe the tests use (default: off)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a complete folder exists (default: off)")
-    args = parser.parse_args(argv)
-    build_tiny_dit(args.output_dir, quick=args.quick, force=args.force)
+    build_command(build_tiny_dit, "tiny_dit", __doc__, argv)
 
 
 if __name__ == "__main__":

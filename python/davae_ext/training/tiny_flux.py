@@ -16,7 +16,6 @@ written atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -27,8 +26,8 @@ import torch
 
 from .cache import atomic_dir, cache_root, is_complete
 from .plot import save_curves
-from .tiny import (CLIP_L, T5_DIM, TinyRecipe, _latent_set, build_clip_tokenizer, build_t5_tokenizer, build_text_encoders,
-                   build_tiny_sd35, fit_flow)
+from .tiny import (CLIP_L, T5_DIM, TinyRecipe, _latent_set, build_clip_tokenizer, build_command, build_t5_tokenizer,
+                   build_text_encoders, build_tiny_sd35, fit_flow, remove_tokenizer_sources)
 from .data import sample_photos
 
 VERSION = "tiny-flux-v1"
@@ -102,10 +101,7 @@ def build_tiny_flux(path: Optional[str] = None, quick: bool = False, force: bool
         log = {"version": VERSION, "recipe": asdict(recipe), "vae_from": str(sd35)}
         log.update(train_transformer(pipe, recipe, progress))
         pipe.save_pretrained(tmp)
-        for scratch in ("_tok_clip", "_tok_t5"):
-            for f in (tmp / scratch).iterdir():
-                f.unlink()
-            (tmp / scratch).rmdir()
+        remove_tokenizer_sources(tmp)
         log["seconds"] = time.time() - start
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         save_curves(tmp / "training_loss.png", {"flow matching": log["transformer_loss"]}, title=VERSION)
@@ -117,14 +113,7 @@ def build_tiny_flux(path: Optional[str] = None, quick: bool = False, force: bool
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m davae_ext.training.tiny_flux", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=None,
-                        help="where to write the pipeline folder (default: the user cache, reused if complete)")
-    parser.add_argument("--quick", action="store_true", help="the under-a-minute recipe used by the tests (default: off)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a complete folder exists (default: off)")
-    args = parser.parse_args(argv)
-    build_tiny_flux(args.output_dir, quick=args.quick, force=args.force)
+    build_command(build_tiny_flux, "tiny_flux", __doc__, argv)
 
 
 if __name__ == "__main__":
