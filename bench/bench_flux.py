@@ -29,7 +29,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 from davae_ext import ops  # noqa: E402
 from davae_ext.nn import pack_latents  # noqa: E402
-from common import CUDA, Shape, case_id, time_direction, time_sampling  # noqa: E402
+from common import CUDA, Shape, cached_builds, case_id, random_models, time_direction, time_sampling  # noqa: E402
 
 CPU_SHAPES = [Shape("flux-1024", 1, 16, 16, 64, 64, 2, 3072), Shape("flux-2048", 1, 16, 16, 128, 128, 2, 3072)]
 CUDA_SHAPES = [Shape("flux-1024", 4, 16, 16, 64, 64, 2, 3072), Shape("flux-2048", 4, 16, 16, 128, 128, 2, 3072)]
@@ -102,43 +102,30 @@ BATCH = 2
 _RESULTS: dict = {}
 
 
-@pytest.fixture(scope="module")
-def flux_pipelines():
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def _flux_pipelines(device: str, size: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    from davae_ext.models.davae import DAVAE
     from davae_ext.models.flux import expand_flux_transformer
     from davae_ext.models.flux_pipeline import DAVAEFluxPipeline
 
-    cache = {}
+    cfg, vae_cfg = (FLUX1, FLUX_VAE) if size == "flux1" else (TINY, TINY_VAE)
+    transformer, vae, davae, dtype = random_models(device, FluxTransformer2DModel, cfg, vae_cfg)
+    widened = expand_flux_transformer(transformer, 16, init="random", share_weights=True).eval()
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    native = FluxPipeline(scheduler=sched, vae=vae, transformer=transformer, **none)
+    ours = DAVAEFluxPipeline(scheduler=sched, vae=davae, transformer=widened, **none)
+    for p in (native, ours):
+        p.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(BATCH, TEXT_TOKENS if size == "flux1" else 64, cfg["joint_attention_dim"], generator=g)
+    pooled = torch.randn(BATCH, cfg["pooled_projection_dim"], generator=g)
+    return native, ours, emb.to(device, dtype), pooled.to(device, dtype)
 
-    def get(device: str, size: str):
-        if (device, size) not in cache:
-            torch.manual_seed(0)
-            dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            cfg, vae_cfg = (FLUX1, FLUX_VAE) if size == "flux1" else (TINY, TINY_VAE)
-            with torch.device(device):
-                transformer = FluxTransformer2DModel(**cfg).to(dtype).eval()
-                vae = AutoencoderKL(**vae_cfg).to(dtype).eval()
-            davae = DAVAE.from_base_vae(vae).eval()
-            davae.set_latent_stats([0.0] * 16, [1.0] * 16)
-            widened = expand_flux_transformer(transformer, 16, init="random", share_weights=True).eval()
-            sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-            none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
-            native = FluxPipeline(scheduler=sched, vae=vae, transformer=transformer, **none)
-            ours = DAVAEFluxPipeline(scheduler=sched, vae=davae, transformer=widened, **none)
-            for p in (native, ours):
-                p.set_progress_bar_config(disable=True)
-            g = torch.Generator().manual_seed(0)
-            emb = torch.randn(BATCH, TEXT_TOKENS if size == "flux1" else 64, cfg["joint_attention_dim"], generator=g)
-            pooled = torch.randn(BATCH, cfg["pooled_projection_dim"], generator=g)
-            cache[(device, size)] = (native, ours, emb.to(device, dtype), pooled.to(device, dtype))
-        return cache[(device, size)]
 
-    yield get
-    cache.clear()
-    if CUDA:
-        torch.cuda.empty_cache()
+@pytest.fixture(scope="module")
+def flux_pipelines():
+    yield from cached_builds(_flux_pipelines)
 
 
 @pytest.mark.parametrize("mode", ["transformer", "end_to_end"])
@@ -165,24 +152,19 @@ BLOCK_CASES = [("cpu", torch.float32, 1024)] + ([("cuda", torch.bfloat16, 1024),
 _BLOCK_SECONDS: dict = {}
 
 
-@pytest.fixture(scope="module")
-def flux_blocks():
+def _flux_blocks(device, dtype):
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
-    cache = {}
+    torch.manual_seed(0)
+    heads, head_dim = FLUX1["num_attention_heads"], FLUX1["attention_head_dim"]
+    with torch.device(device):
+        return {"double": FluxTransformerBlock(heads * head_dim, heads, head_dim).to(dtype).eval(),
+                "single": FluxSingleTransformerBlock(heads * head_dim, heads, head_dim).to(dtype).eval()}
 
-    def get(device, dtype):
-        if (device, dtype) not in cache:
-            torch.manual_seed(0)
-            heads, head_dim = FLUX1["num_attention_heads"], FLUX1["attention_head_dim"]
-            with torch.device(device):
-                cache[(device, dtype)] = {
-                    "double": FluxTransformerBlock(heads * head_dim, heads, head_dim).to(dtype).eval(),
-                    "single": FluxSingleTransformerBlock(heads * head_dim, heads, head_dim).to(dtype).eval()}
-        return cache[(device, dtype)]
 
-    yield get
-    cache.clear()
+@pytest.fixture(scope="module")
+def flux_blocks():
+    yield from cached_builds(_flux_blocks)
 
 
 @pytest.mark.parametrize("provider", ["native", "davae"])

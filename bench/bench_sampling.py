@@ -23,12 +23,11 @@ import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E402
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline  # noqa: E402
 
-from davae_ext.models.davae import DAVAE  # noqa: E402
 from davae_ext.models.pipeline import DAVAEStableDiffusion3Pipeline  # noqa: E402
 from davae_ext.models.sd3 import expand_transformer  # noqa: E402
-from common import CUDA, time_sampling  # noqa: E402
+from common import CUDA, cached_builds, random_models, time_sampling  # noqa: E402
 
 SD35M = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
              num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
@@ -46,38 +45,25 @@ BATCH = 4
 _RESULTS: dict = {}
 
 
+def _pipelines(device: str, size: str):
+    cfg, vae_cfg = (SD35M, SD3_VAE) if size == "sd35m" else (TINY, TINY_VAE)
+    transformer, vae, davae, dtype = random_models(device, SD3Transformer2DModel, cfg, vae_cfg)
+    expanded = expand_transformer(transformer, 16, init="random", share_weights=True).eval()
+    none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    sched = FlowMatchEulerDiscreteScheduler(shift=4.0)
+    native = StableDiffusion3Pipeline(transformer=transformer, scheduler=sched, vae=vae, **none)
+    ours = DAVAEStableDiffusion3Pipeline(transformer=expanded, scheduler=sched, vae=davae, **none)
+    for p in (native, ours):
+        p.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(BATCH, 333, cfg["joint_attention_dim"], generator=g).to(device, dtype)
+    pooled = torch.randn(BATCH, cfg["pooled_projection_dim"], generator=g).to(device, dtype)
+    return native, ours, emb, pooled
+
+
 @pytest.fixture(scope="module")
 def pipelines():
-    cache = {}
-
-    def get(device: str, size: str):
-        if (device, size) in cache:
-            return cache[(device, size)]
-        torch.manual_seed(0)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        cfg, vae_cfg = (SD35M, SD3_VAE) if size == "sd35m" else (TINY, TINY_VAE)
-        with torch.device(device):
-            transformer = SD3Transformer2DModel(**cfg).to(dtype).eval()
-            vae = AutoencoderKL(**vae_cfg).to(dtype).eval()
-        davae = DAVAE.from_base_vae(vae).eval()
-        davae.set_latent_stats([0.0] * 16, [1.0] * 16)
-        expanded = expand_transformer(transformer, 16, init="random", share_weights=True).eval()
-        none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
-        sched = FlowMatchEulerDiscreteScheduler(shift=4.0)
-        native = StableDiffusion3Pipeline(transformer=transformer, scheduler=sched, vae=vae, **none)
-        ours = DAVAEStableDiffusion3Pipeline(transformer=expanded, scheduler=sched, vae=davae, **none)
-        for p in (native, ours):
-            p.set_progress_bar_config(disable=True)
-        g = torch.Generator().manual_seed(0)
-        emb = torch.randn(BATCH, 333, cfg["joint_attention_dim"], generator=g).to(device, dtype)
-        pooled = torch.randn(BATCH, cfg["pooled_projection_dim"], generator=g).to(device, dtype)
-        cache[(device, size)] = (native, ours, emb, pooled)
-        return cache[(device, size)]
-
-    yield get
-    cache.clear()
-    if CUDA:
-        torch.cuda.empty_cache()
+    yield from cached_builds(_pipelines)
 
 
 @pytest.mark.parametrize("mode", ["transformer", "end_to_end"])

@@ -334,3 +334,37 @@ def time_sampling(benchmark, device: str, run, steps: int, provider: str, result
     benchmark.extra_info.update(info)
     print(f"\n{benchmark.group} {provider}: {seconds:.3f} s, {info}")
     return seconds
+
+
+def cached_builds(build):
+    """The body of a module-scoped fixture: yields ``get(*key)``, which calls ``build(*key)`` once
+    per key and keeps the result; afterwards the results are dropped (and CUDA's cache emptied)."""
+    cache = {}
+
+    def get(*key):
+        if key not in cache:
+            cache[key] = build(*key)
+        return cache[key]
+
+    yield get
+    cache.clear()
+    if CUDA:
+        torch.cuda.empty_cache()
+
+
+def random_models(device: str, transformer_cls, cfg: dict, vae_cfg: dict):
+    """Random weights (seed 0), bfloat16 on CUDA and float32 on the CPU, eval mode: the transformer
+    ``transformer_cls(**cfg)``, an ``AutoencoderKL(**vae_cfg)`` and the DA-VAE on that VAE (16
+    detail channels, unit detail statistics). Returns (transformer, vae, davae, dtype)."""
+    from diffusers import AutoencoderKL
+
+    from davae_ext.models.davae import DAVAE
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        transformer = transformer_cls(**cfg).to(dtype).eval()
+        vae = AutoencoderKL(**vae_cfg).to(dtype).eval()
+    davae = DAVAE.from_base_vae(vae).eval()
+    davae.set_latent_stats([0.0] * 16, [1.0] * 16)
+    return transformer, vae, davae, dtype

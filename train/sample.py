@@ -23,6 +23,7 @@ from davae_ext.training.cli import check_sample, sample_parser
 def main(argv=None) -> dict:
     parser = sample_parser(__doc__)
     args = check_sample(parser, parser.parse_args(argv))
+    from davae_ext.nn import set_fused
     from davae_ext.training import sampling
 
     progress = not args.no_progress
@@ -33,13 +34,13 @@ def main(argv=None) -> dict:
     pipe = sampling.load_pipeline(davae_cls, pipe_dir, args.device, dtype)
     chosen = sampling.resolve_settings(args, pipe)
     sampling.set_shift(pipe, chosen["shift"])
-    sampling.set_fused(pipe.transformer, args.fused)
+    set_fused(pipe.transformer, args.fused)
     resolution = args.resolution or pipe.default_sample_size * pipe.vae_scale_factor
     settings = dict(seed=args.seed, steps=chosen["steps"], guidance=chosen["guidance"], batch_size=args.batch_size,
                     negative_prompt=chosen["negative_prompt"], progress=progress, **sampling.call_options(pipe))
     images, ips = sampling.sample(pipe, prompts, resolution, label="DA-VAE", **settings)
     out = Path(args.output_dir)
-    tokens = pipe.tokens(resolution, resolution)
+    tokens = sampling.tokens_per_image(pipe, resolution)
     label = f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens\n{ips:.3f} img/s"
     files = sampling.save_images(images, prompts, out, label)
     record = {"pipeline": str(pipe_dir), "prompts": prompts, "seed": args.seed, **chosen, "resolution": resolution,
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
         base_dir = args.base_model or sampling.base_model_of(pipe_dir)
         native = sampling.load_pipeline(base_cls, base_dir, args.device, dtype, chosen["shift"])
         native_images, native_ips = sampling.sample(native, prompts, resolution, label="native", **settings)
-        native_tokens = sampling.native_tokens(native, resolution)
+        native_tokens = sampling.tokens_per_image(native, resolution)
         sampling.save_comparison(out / "compare.png", images, native_images, prompts, label,
                                  f"native\n{resolution}x{resolution}\n{native_tokens} tokens\n{native_ips:.3f} img/s")
         record["native"] = {"base_model": base_dir, "images_per_s": native_ips, "tokens_per_image": native_tokens}

@@ -18,7 +18,7 @@ from diffusers import FluxTransformer2DModel, ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
 from .. import _validate
-from ..nn import DetailPackedEmbed, DetailProjOut
+from ..nn import DetailPackedEmbed, DetailProjOut, set_fused
 from ..nn._init import check_channels
 from ..nn.packed_embed import PACK, pack_latents, unpack_latents
 from ._widen import check_arguments, widen
@@ -90,7 +90,7 @@ class DAVAEFluxTransformer2DModel(FluxTransformer2DModel):
 
     def set_fused(self, fused: bool) -> None:
         """The fused (one GEMM / kernel) or split (exact step-0) path of both widened layers."""
-        self.x_embedder.fused = self.proj_out.fused = fused
+        set_fused(self, fused)
 
 
 def expand_flux_transformer(

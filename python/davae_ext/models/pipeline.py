@@ -82,11 +82,6 @@ class DAVAEPipelineMixin:
                     kwargs[name] = self.sampling_defaults[key]
         return kwargs
 
-    def tokens(self, height: int, width: int) -> int:
-        """Transformer tokens of a ``height`` x ``width`` image."""
-        cell = self.vae_scale_factor * self.patch_size
-        return (height // cell) * (width // cell)
-
     def check_size(self, height: int, width: int, patch: int) -> None:
         multiple = self.vae_scale_factor * patch
         if height % multiple or width % multiple:

@@ -7,10 +7,22 @@ pretrained ``PatchEmbed``'s arithmetic bit for bit at a zero detail slice; ``Det
 and ``DetailProjOut(layout="channel_major")`` are the same for FLUX's packed tokens.
 """
 
+from torch import nn
+
 from .latent import DetailAlignLoss, DetailProjection, LatentConcat
 from .packed_embed import DetailPackedEmbed, pack_latents, unpack_latents
 from .patch_embed import DetailPatchEmbed
 from .proj_out import DetailProjOut
 
+
+def set_fused(model: nn.Module, fused: bool) -> None:
+    """Every widened layer in ``model`` (``DetailPatchEmbed``, ``DetailPackedEmbed``,
+    ``DetailProjOut``) on the fused path, or on the split one (the pretrained arithmetic at a zero
+    detail slice)."""
+    for module in model.modules():
+        if isinstance(module, (DetailPatchEmbed, DetailPackedEmbed, DetailProjOut)):
+            module.fused = fused
+
+
 __all__ = ["LatentConcat", "DetailProjection", "DetailAlignLoss", "DetailPatchEmbed", "DetailProjOut", "DetailPackedEmbed",
-           "pack_latents", "unpack_latents"]
+           "pack_latents", "unpack_latents", "set_fused"]

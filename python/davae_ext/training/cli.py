@@ -741,6 +741,7 @@ def check_synthetic(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def check_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     c = _Checks(parser)
+    flux = False  # the default pipeline, not built yet, is finetune_sd35.py's
     if args.pipeline != DEFAULT_PIPELINE or (Path(args.pipeline) / "model_index.json").is_file():
         transformer, davae = c.davae_pipeline("--pipeline", args.pipeline)
         flux = transformer.get("_class_name") == "DAVAEFluxTransformer2DModel"
@@ -748,8 +749,6 @@ def check_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
         c.multiple("--resolution", args.resolution, multiple, "the DA-VAE's spatial factor x the patch size")
     c.prompts("--prompts", args.prompts)
     if args.base_model is not None:
-        flux = (Path(args.pipeline) / "transformer" / "config.json").is_file() and "Flux" in json.loads(
-            (Path(args.pipeline) / "transformer" / "config.json").read_text()).get("_class_name", "")
         (c.flux_pipeline if flux else c.sd3_pipeline)("--base-model", args.base_model)
     _device(c, args.device)
     return args

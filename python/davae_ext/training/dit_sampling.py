@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..nn import set_fused
 from .cli import DEFAULT_DIT_PIPELINE
 
 
@@ -30,7 +31,7 @@ def load_pipeline(folder, device: str, dtype: torch.dtype, fused: bool = True):
     from ..models.dit_pipeline import DAVAEDiTPipeline
 
     pipe = DAVAEDiTPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
-    pipe.transformer.pos_embed.fused = pipe.transformer.proj_out_2.fused = fused
+    set_fused(pipe.transformer, fused)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

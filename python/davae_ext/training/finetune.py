@@ -32,6 +32,7 @@ from .flow import detail_weight, flow_loss, sample_sigmas
 from .lora import FULL_MODULES, add_lora, merge_lora
 from .plot import save_curves, save_grid
 from .recipes import DEFAULT_RECIPE, recipe_defaults
+from .sampling import tokens_per_image
 from .sharding import Sharded, full_optimizer_state, load_optimizer_state
 
 DEFAULT_DAVAE_VERSION = "default-davae-v2"
@@ -523,7 +524,7 @@ def finish(transformer, ema: EMA, args, out: Path, resolution: int, family: type
     images = pipe(prompts, height=resolution, width=resolution, num_inference_steps=args.sample_steps,
                   generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))], output_type="pt",
                   **family.sample_kwargs(args, pipe)).images
-    tokens = pipe.tokens(resolution, resolution)
+    tokens = tokens_per_image(pipe, resolution)
     save_grid(out / "samples.png", [images * 2 - 1], [f"DA-VAE\n{resolution}x{resolution}\n{tokens} tokens"],
               [prompts], title=f"fixed prompts, {args.sample_steps} steps, guidance {args.guidance}, EMA weights")
     return out / "pipeline"

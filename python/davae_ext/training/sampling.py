@@ -136,17 +136,10 @@ def pipeline_classes(pipe_dir) -> tuple[type, type]:
     return DAVAEStableDiffusion3Pipeline, StableDiffusion3Pipeline
 
 
-def set_fused(transformer, fused: bool) -> None:
-    """The fused or split path of a widened transformer's input and output layers."""
-    for name in ("pos_embed", "x_embedder", "proj_out"):
-        module = getattr(transformer, name, None)
-        if hasattr(module, "fused"):
-            module.fused = fused
-
-
-def native_tokens(pipe, resolution: int) -> int:
-    """Transformer tokens of a base (SD3 or FLUX) pipeline's ``resolution`` image."""
-    cell = pipe.vae_scale_factor * getattr(pipe, "patch_size", 2)  # FLUX packs 2 x 2 latent pixels per token
+def tokens_per_image(pipe, resolution: int) -> int:
+    """Transformer tokens of a ``resolution`` image in a text-to-image pipeline, DA-VAE or base, SD3
+    or FLUX (``FluxPipeline`` has no ``patch_size``: it packs 2 x 2 latent pixels per token)."""
+    cell = pipe.vae_scale_factor * getattr(pipe, "patch_size", 2)
     return (resolution // cell) ** 2
 
 
