@@ -167,3 +167,27 @@ def test_block_units_and_reshard_setting(monkeypatch):
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "sometimes")
     with pytest.raises(ValueError, match="FSDP_RESHARD_AFTER_FORWARD"):
         reshard_after_forward_from_env()
+
+
+def test_a_run_ends_only_when_every_process_reaches_its_end():
+    """No process destroys the process group and exits while another is still writing the pipeline
+    or sampling: accelerate's end comes after a barrier (and neither in a run nested in another's)."""
+    from davae_ext.training.common import TrainingRun
+
+    calls = []
+
+    class Accelerator:
+        def wait_for_everyone(self):
+            calls.append("barrier")
+
+        def end_training(self):
+            calls.append("end")
+
+    run = object.__new__(TrainingRun)
+    run.accelerator, run.local = Accelerator(), False
+    run.end_training()
+    assert calls == ["barrier", "end"]
+    calls.clear()
+    run.local = True
+    run.end_training()
+    assert calls == []

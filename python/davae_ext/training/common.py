@@ -345,8 +345,11 @@ class TrainingRun:
             self.accelerator.wait_for_everyone()
 
     def end_training(self) -> None:
-        """accelerate's end (which destroys the process group): not for a local run."""
+        """accelerate's end (which destroys the process group) once every process has reached it,
+        so that no process tears its gloo/NCCL connections down and exits while another is still
+        writing the pipeline or sampling: not for a local run."""
         if not self.local:
+            self.accelerator.wait_for_everyone()
             self.accelerator.end_training()
 
     def resume_state(self) -> Optional[dict]:
