@@ -191,3 +191,18 @@ def test_a_run_ends_only_when_every_process_reaches_its_end():
     run.local = True
     run.end_training()
     assert calls == []
+
+
+@pytest.mark.parametrize("world", [None, "2"])
+def test_a_launched_process_leaves_without_the_interpreters_shutdown(world):
+    """Under a multi-process launch a finished script ends with its output flushed and no
+    interpreter shutdown (the atexit hook does not run); a single process exits as usual."""
+    code = ("import atexit, sys; from davae_ext.training.cli import exit_launched_process; "
+            "atexit.register(lambda: print('shutdown ran')); sys.stdout.write('run finished'); "
+            "exit_launched_process()")
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"} | ({"WORLD_SIZE": world} if world else {})
+    env.pop("PYTHONUNBUFFERED", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("run finished")
+    assert ("shutdown ran" in p.stdout) == (world is None)

@@ -21,7 +21,7 @@ loss_curves.png (base and detail channels, cosine term), samples.png (one row pe
 weights), summary.json and pipeline/ (a DAVAEDiTPipeline folder for train/sample_dit.py).
 """
 
-from davae_ext.training.cli import check_finetune_dit, finetune_dit_parser
+from davae_ext.training.cli import check_finetune_dit, exit_launched_process, finetune_dit_parser
 
 
 def main(argv=None):
@@ -34,3 +34,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    exit_launched_process()

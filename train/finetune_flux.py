@@ -22,7 +22,7 @@ loss_curves.png, samples.png (fixed prompts, EMA weights), summary.json and pipe
 DAVAEFluxPipeline folder for train/sample.py).
 """
 
-from davae_ext.training.cli import check_finetune, finetune_parser
+from davae_ext.training.cli import check_finetune, exit_launched_process, finetune_parser
 
 
 def main(argv=None):
@@ -35,3 +35,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    exit_launched_process()

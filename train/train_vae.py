@@ -19,7 +19,7 @@ resolution), eval.json, and
 davae/ (save_pretrained, with the detail latent statistics).
 """
 
-from davae_ext.training.cli import check_train_vae, train_vae_parser
+from davae_ext.training.cli import check_train_vae, exit_launched_process, train_vae_parser
 
 
 def main(argv=None):
@@ -32,3 +32,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    exit_launched_process()

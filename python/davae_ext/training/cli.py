@@ -818,3 +818,25 @@ def _device(c: _Checks, device: str) -> None:
         c.fail("--device", device, "expected a torch device such as cpu, cuda or cuda:1")
     if dev.type == "cuda" and not torch.cuda.is_available():
         c.fail("--device", device, "no CUDA device is available here")
+
+
+# ----------------------------------------------------------------------------------------------
+# The end of a script
+# ----------------------------------------------------------------------------------------------
+def exit_launched_process() -> None:
+    """Ends a process of a multi-process launch (``WORLD_SIZE`` > 1, set by ``torchrun`` and
+    ``accelerate launch``) whose run has finished, saved everything and destroyed its process
+    group: logging and the standard streams flushed, then ``os._exit(0)``, without the
+    interpreter's shutdown. torch keeps gloo's worker and transport threads alive after
+    ``destroy_process_group``; a C++ thread that needs the GIL once that shutdown has begun is
+    ended by Python mid-destructor, and the process aborts ("terminate called without an active
+    exception", SIGABRT), failing a run whose outputs were complete. A single process returns."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
