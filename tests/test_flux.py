@@ -300,10 +300,12 @@ def quick_flux(tiny_cache):
     return build_tiny_flux(quick=True, progress=False)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_base_channels_follow_the_stock_flux_pipeline_step_for_step(quick_flux, fused):
+@pytest.mark.parametrize("fused,true_cfg", [(False, False), (True, False), (False, True)],
+                         ids=["plain", "fused", "plain-true-cfg"])
+def test_base_channels_follow_the_stock_flux_pipeline_step_for_step(quick_flux, fused, true_cfg):
     """A fresh zero-init expansion in DAVAEFluxPipeline at 2x the resolution (same tokens): the
-    base part of its packed latents equals the stock pipeline's latents after every step."""
+    base part of its packed latents equals the stock pipeline's latents after every step, with
+    the guidance embedding alone and with true CFG (a negative prompt and true_cfg_scale)."""
     from davae_ext.models.davae import DAVAE
     from davae_ext.models.flux_pipeline import DAVAEFluxPipeline
 
@@ -328,6 +330,8 @@ def test_base_channels_follow_the_stock_flux_pipeline_step_for_step(quick_flux, 
     runs = {"stock": [], "davae": []}
     common = dict(prompt="a photo", num_inference_steps=3, guidance_scale=3.5, max_sequence_length=16,
                   output_type="latent")
+    if true_cfg:
+        common.update(negative_prompt="a blurry photo", true_cfg_scale=2.0)
     stock(latents=pack_latents(base), height=64, width=64, callback_on_step_end=recorder(runs["stock"]), **common)
     out = pipe(latents=pack_latents(torch.cat([base, detail], 1)), height=128, width=128,
                callback_on_step_end=recorder(runs["davae"]), **common).images
@@ -338,6 +342,10 @@ def test_base_channels_follow_the_stock_flux_pipeline_step_for_step(quick_flux, 
             torch.testing.assert_close(pack_latents(base_part), s, rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(pack_latents(base_part), s)
+    if true_cfg:  # the negative branch ran: without it the trajectory differs
+        plain = {k: v for k, v in common.items() if k not in ("negative_prompt", "true_cfg_scale")}
+        assert not torch.allclose(stock(latents=pack_latents(base), height=64, width=64, **plain).images,
+                                  runs["stock"][-1])
     image = pipe("a photo", height=128, width=128, num_inference_steps=2, max_sequence_length=16,
                  output_type="pt").images
     assert image.shape == (1, 3, 128, 128)
